@@ -1,0 +1,43 @@
+"""`python -m data_pipeline [hydra overrides]`: the only module that imports Hydra."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from data_pipeline.config import PrepareConfig, register_configs
+from data_pipeline.errors import ConfigError, DataError, OutputError
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="prepare")
+def main(dict_cfg: DictConfig) -> None:
+    """Compose conf/prepare.yaml + overrides into a PrepareConfig and run the job."""
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        force=True,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    cfg = OmegaConf.to_object(dict_cfg)
+    assert isinstance(cfg, PrepareConfig)
+    from data_pipeline.prepare import run_prepare
+
+    try:
+        if HydraConfig.get().runtime.choices.get("tokenizer") == "pretrained" and (
+            cfg.tokenizer.model is None
+        ):
+            raise ConfigError("tokenizer=pretrained needs tokenizer.model=/path/to/tokenizer.model")
+        run_prepare(cfg)
+    except (ConfigError, DataError, OutputError) as e:
+        logging.getLogger("data_pipeline").error("%s: %s", type(e).__name__, e)
+        sys.exit(1 if isinstance(e, DataError) else 2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""Typed configuration of the data-preparation job (`python -m data_pipeline`).
+
+Every field's docstring is its user documentation (see docs/data_pipeline.md). Build a config
+without Hydra with `PrepareConfig(input=InputConfig(paths=[...]), ...)`; `__main__` composes the
+same dataclasses from conf/prepare.yaml and converts them with `OmegaConf.to_object`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from data_pipeline.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FORMATS = ("auto", "jsonl", "parquet", "text", "hf")
+ENCODERS = ("auto", "sentencepiece", "kitoken")
+STAGES = ("all", "tokenizer", "finalize")
+
+
+@dataclass
+class InputConfig:
+    """Where the raw documents come from."""
+
+    name: str = "custom"
+    """Short name of the corpus; names the default output dir checkpoints/data/<name>."""
+    paths: list[str] = field(default_factory=list)
+    """Files, globs or folders (read recursively), or a Hugging Face dataset (a local dir, or a
+    hub name written `hf:NAME`). `stdlib:` is the running Python's standard library."""
+    format: str = "auto"
+    """auto | jsonl | parquet | text | hf. `auto` decides per file from its suffix
+    (.jsonl/.json/.ndjson[.gz|.zst], .parquet, anything else is text)."""
+    text_key: str = "text"
+    """Field holding the document text in JSONL objects, parquet columns and HF datasets."""
+    text_unit: str = "file"
+    """For text files: `file` (a whole file is one document) or `line` (one document per line)."""
+    include: list[str] = field(default_factory=lambda: ["*"])
+    """Glob patterns on file names or relative paths kept when a folder is listed (['*.py'])."""
+    exclude: list[str] = field(default_factory=list)
+    """Glob patterns on relative paths dropped when a folder is listed (['site-packages/*'])."""
+    hf_split: str = "train"
+    """Split of a Hugging Face dataset (`input.format=hf`)."""
+    on_error: str = "skip"
+    """skip: count bad records (reason, file:line) in the log and manifest and go on;
+    fail: stop with a non-zero exit at the first bad record or empty input file."""
+    max_examples: int = 5
+    """How many file:line examples of each skip reason are kept in the manifest."""
+
+
+@dataclass
+class TokenizerConfig:
+    """Which SentencePiece model encodes the documents (trained on the input if `model` is null)."""
+
+    model: str | None = None
+    """Path of an existing SentencePiece .model. null: train one on a sample of the input."""
+    vocab_size: int = 8192
+    """Vocabulary size of a trained model (>= 300 with byte fallback)."""
+    type: str = "bpe"
+    """bpe | unigram (unigram trains ~30x slower and is encoded by SentencePiece, not kitoken)."""
+    sample_bytes: int = 16_000_000
+    """Bytes of text sampled (deterministically, from `seed`) from the input to train on."""
+    seed: int = 1234
+    """Seed of the training sample selection."""
+    character_coverage: float = 0.9995
+    """SentencePiece character_coverage; rarer characters fall back to bytes."""
+    train_threads: int = 1
+    """Threads used by SentencePiece training. The model depends on it, so it is fixed rather
+    than taken from the machine; keep it equal across runs for identical models."""
+    encoder: str = "auto"
+    """auto | sentencepiece | kitoken. auto uses kitoken (several times faster) when the model's
+    settings are supported and a sample of every shard matches SentencePiece id for id."""
+    verify_docs: int = 64
+    """With kitoken: the first N documents of each shard, plus in every later batch the first
+    document of at most 16k characters, are also encoded by SentencePiece; any difference
+    rebuilds the shard with SentencePiece."""
+
+
+@dataclass
+class OutputConfig:
+    """Where and how the indexed dataset is written."""
+
+    dir: str = ""
+    """Output directory. Empty: checkpoints/data/<input.name> under the repository."""
+    num_shards: int = 0
+    """Number of shard pairs shard_NNNNN.bin/.idx. 0: one per `shard_input_mb` of input."""
+    shard_input_mb: float = 64.0
+    """With num_shards=0: input megabytes per shard."""
+    overwrite: bool = False
+    """Delete the shards, tokenizer and manifest already in `dir` instead of refusing to mix."""
+
+
+@dataclass
+class SliceConfig:
+    """Which part of the shards this process builds (Slurm job arrays)."""
+
+    index: int | None = None
+    """This job's slice, 0-based. null: $SLURM_ARRAY_TASK_ID, else 0."""
+    count: int | None = None
+    """Number of slices. null: $SLURM_ARRAY_TASK_COUNT, else 1. With count > 1 no manifest is
+    written; run `stage=finalize` once every slice finished."""
+
+    def resolved(self) -> tuple[int, int]:
+        """(index, count) after applying the Slurm environment defaults."""
+        count = self.count
+        if count is None:
+            count = int(os.environ.get("SLURM_ARRAY_TASK_COUNT", "1"))
+        index = self.index
+        if index is None:
+            task_id = os.environ.get("SLURM_ARRAY_TASK_ID")
+            min_id = int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
+            index = int(task_id) - min_id if task_id is not None else 0
+        return index, count
+
+
+@dataclass
+class PrepareConfig:
+    """Root config of `python -m data_pipeline`."""
+
+    input: InputConfig = field(default_factory=InputConfig)
+    """Where the documents come from (group `input=`: stdlib_code, files, hf)."""
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    """The SentencePiece model (group `tokenizer=`: bpe_8k, bpe_32k, pretrained)."""
+    output: OutputConfig = field(default_factory=OutputConfig)
+    """Output directory and sharding."""
+    slice: SliceConfig = field(default_factory=SliceConfig)
+    """The part of the shards this job builds (Slurm arrays)."""
+    workers: int = 1
+    """Tokenizing processes. The output bytes do not depend on it."""
+    batch_bytes: int = 1 << 20
+    """Raw bytes of documents sent to a worker per task (bounds memory with 2*workers in flight)."""
+    stage: str = "all"
+    """all: tokenizer + shards (+ manifest when slice.count=1); tokenizer: only train/copy the
+    tokenizer; finalize: verify every shard and write manifest.json (after a Slurm array)."""
+    progress: bool = True
+    """Show tqdm progress bars on stderr."""
+
+    def output_dir(self) -> Path:
+        """The output directory, resolved (relative paths are relative to the cwd)."""
+        if self.output.dir:
+            return Path(self.output.dir).expanduser().resolve()
+        return REPO_ROOT / "checkpoints" / "data" / self.input.name
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form for the manifest."""
+        return asdict(self)
+
+
+def _check(cond: bool, key: str, value: object, why: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}={value!r}: {why}")
+
+
+def validate(cfg: PrepareConfig) -> None:
+    """Reject bad settings before any work starts; messages name the override key."""
+    inp, tok, out = cfg.input, cfg.tokenizer, cfg.output
+    if inp.name == "stdlib_code" and inp.paths != ["stdlib:"]:
+        raise ConfigError(
+            f"input.paths={inp.paths} replaces the embedded corpus but input=stdlib_code is still "
+            "selected (its include/format settings are for .py files): add `input=files` "
+            "(or input=hf) to the command line."
+        )
+    _check(bool(inp.paths), "input.paths", inp.paths, "give at least one file, glob or folder")
+    _check(inp.format in FORMATS, "input.format", inp.format, f"choose one of {FORMATS}")
+    _check(inp.on_error in ("skip", "fail"), "input.on_error", inp.on_error, "use skip or fail")
+    _check(inp.text_unit in ("file", "line"), "input.text_unit", inp.text_unit, "use file|line")
+    _check(bool(inp.text_key), "input.text_key", inp.text_key, "must be a non-empty field name")
+    _check(inp.max_examples >= 0, "input.max_examples", inp.max_examples, "must be >= 0")
+    _check(tok.type in ("bpe", "unigram"), "tokenizer.type", tok.type, "use bpe or unigram")
+    _check(tok.encoder in ENCODERS, "tokenizer.encoder", tok.encoder, f"choose one of {ENCODERS}")
+    if tok.model is None:
+        _check(tok.vocab_size >= 300, "tokenizer.vocab_size", tok.vocab_size, "must be >= 300")
+        _check(tok.sample_bytes > 0, "tokenizer.sample_bytes", tok.sample_bytes, "must be > 0")
+        _check(tok.train_threads >= 1, "tokenizer.train_threads", tok.train_threads, "must be >= 1")
+    elif not Path(tok.model).expanduser().is_file():
+        raise ConfigError(
+            f"tokenizer.model={tok.model!r}: no such file. Give the path of a SentencePiece "
+            ".model file, or tokenizer.model=null to train one on the input."
+        )
+    _check(tok.verify_docs >= 0, "tokenizer.verify_docs", tok.verify_docs, "must be >= 0")
+    _check(out.num_shards >= 0, "output.num_shards", out.num_shards, "must be >= 0 (0 = auto)")
+    _check(out.shard_input_mb > 0, "output.shard_input_mb", out.shard_input_mb, "must be > 0")
+    _check(cfg.workers >= 1, "workers", cfg.workers, "must be >= 1")
+    _check(cfg.batch_bytes >= 1024, "batch_bytes", cfg.batch_bytes, "must be >= 1024")
+    _check(cfg.stage in STAGES, "stage", cfg.stage, f"choose one of {STAGES}")
+    index, count = cfg.slice.resolved()
+    _check(count >= 1, "slice.count", count, "must be >= 1 (or set SLURM_ARRAY_TASK_COUNT)")
+    _check(0 <= index < count, "slice.index", index, f"must be in [0, slice.count={count})")
+
+
+def register_configs() -> None:
+    """Register the schemas in Hydra's ConfigStore (called by __main__ only)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="base_prepare", node=PrepareConfig)
+    cs.store(group="input", name="base_input", node=InputConfig)
+    cs.store(group="tokenizer", name="base_tokenizer", node=TokenizerConfig)

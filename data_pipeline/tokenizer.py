@@ -1,0 +1,207 @@
+"""SentencePiece training, model checks and the two encoders (SentencePiece, kitoken)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import socket
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from data_pipeline.config import TokenizerConfig
+from data_pipeline.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+TRAIN_CHUNK_CHARS = 4096
+"""Documents are cut at line ends into pieces of at most this many characters for training
+(SentencePiece drops longer sentences)."""
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 4 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def tmp_suffix() -> str:
+    """Unique per writer, also across nodes sharing a file system (Slurm arrays)."""
+    return f"tmp-{socket.gethostname()}-{os.getpid()}"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to a temporary name next to `path`, fsync, then rename over `path`."""
+    tmp = path.with_name(f".{path.name}.{tmp_suffix()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _chunks(texts: Iterable[str]) -> Iterator[str]:
+    for text in texts:
+        current: list[str] = []
+        size = 0
+        for line in text.splitlines(keepends=True):
+            for start in range(0, max(len(line), 1), TRAIN_CHUNK_CHARS):
+                part = line[start : start + TRAIN_CHUNK_CHARS]
+                if size + len(part) > TRAIN_CHUNK_CHARS and current:
+                    yield "".join(current)
+                    current, size = [], 0
+                current.append(part)
+                size += len(part)
+        if current:
+            yield "".join(current)
+
+
+def train_options(cfg: TokenizerConfig) -> dict[str, Any]:
+    """SentencePiece trainer options: Llama-style, safe for code (no whitespace collapsing)."""
+    return {
+        "vocab_size": cfg.vocab_size,
+        "model_type": cfg.type,
+        "character_coverage": cfg.character_coverage,
+        "byte_fallback": True,
+        "split_digits": True,
+        "allow_whitespace_only_pieces": True,
+        "remove_extra_whitespaces": False,
+        "normalization_rule_name": "identity",
+        "add_dummy_prefix": True,
+        "unk_id": 0,
+        "bos_id": 1,
+        "eos_id": 2,
+        "pad_id": 3,
+        "num_threads": cfg.train_threads,
+        "input_sentence_size": 0,
+        "max_sentence_length": TRAIN_CHUNK_CHARS * 4,
+        "minloglevel": 2,
+    }
+
+
+def train_model(cfg: TokenizerConfig, texts: Iterable[str]) -> bytes:
+    """Train a SentencePiece model on `texts` and return the serialized model."""
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=_chunks(texts), model_writer=model, **train_options(cfg)
+        )
+    except RuntimeError as e:
+        raise ConfigError(
+            f"tokenizer training failed ({e}). Adjust tokenizer.vocab_size={cfg.vocab_size} "
+            "(SentencePiece's message says in which direction), tokenizer.character_coverage="
+            f"{cfg.character_coverage} or tokenizer.sample_bytes={cfg.sample_bytes}."
+        ) from e
+    return model.getvalue()
+
+
+def load_processor(path: str | Path) -> Any:
+    """A SentencePieceProcessor, or ConfigError naming tokenizer.model when the file is not one."""
+    import sentencepiece as spm
+
+    try:
+        return spm.SentencePieceProcessor(model_file=str(path))
+    except (OSError, RuntimeError) as e:
+        raise ConfigError(
+            f"tokenizer.model={str(path)!r} is not a SentencePiece model ({e}). "
+            "Give a .model file written by SentencePiece, or tokenizer.model=null to train one."
+        ) from e
+
+
+def tokenizer_info(path: Path, rel_path: str) -> dict[str, Any]:
+    """The manifest's `tokenizer` entry."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    sp = load_processor(path)
+    proto = pb.ModelProto()
+    proto.ParseFromString(path.read_bytes())
+    model_type = pb.TrainerSpec.ModelType.Name(proto.trainer_spec.model_type).lower()
+    if sp.eos_id() < 0:
+        raise ConfigError(f"tokenizer.model={str(path)!r} has no </s> (eos) piece to use as EOD")
+    return {
+        "path": rel_path,
+        "sha256": sha256_file(path),
+        "vocab_size": sp.vocab_size(),
+        "eod_id": sp.eos_id(),
+        "bos_id": sp.bos_id(),
+        "pad_id": sp.pad_id(),
+        "unk_id": sp.unk_id(),
+        "type": model_type,
+    }
+
+
+def kitoken_unsupported_reason(path: str | Path) -> str | None:
+    """None when kitoken is known to give SentencePiece's ids for this model, else why not.
+
+    Measured here: BPE models with identity normalization, no whitespace collapsing and byte
+    fallback match id for id; unigram, NFKC normalization, remove_extra_whitespaces and models
+    without byte fallback did not.
+    """
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()
+    proto.ParseFromString(Path(path).read_bytes())
+    spec, norm = proto.trainer_spec, proto.normalizer_spec
+    user_defined = pb.ModelProto.SentencePiece.Type.USER_DEFINED
+    checks = [
+        (spec.model_type == pb.TrainerSpec.BPE, "model_type is not BPE"),
+        (spec.byte_fallback, "byte_fallback is off"),
+        (
+            norm.name == "identity" and not norm.precompiled_charsmap,
+            "normalization is not identity",
+        ),
+        (not norm.remove_extra_whitespaces, "remove_extra_whitespaces is on"),
+        (not any(p.type == user_defined for p in proto.pieces), "it has user-defined pieces"),
+    ]
+    reasons = [why for ok, why in checks if not ok]
+    return "; ".join(reasons) if reasons else None
+
+
+def choose_encoder(requested: str, path: Path) -> tuple[str, str]:
+    """(encoder name, why) for tokenizer.encoder=auto|sentencepiece|kitoken."""
+    if requested == "sentencepiece":
+        return "sentencepiece", "tokenizer.encoder=sentencepiece"
+    reason = kitoken_unsupported_reason(path)
+    if reason is None:
+        try:
+            from kitoken import Kitoken
+
+            Kitoken.from_sentencepiece_file(str(path))
+        except Exception as e:  # kitoken raises plain exceptions for unsupported models
+            reason = f"kitoken cannot load it ({e})"
+    if reason is None:
+        return "kitoken", "model settings supported; verified per shard against SentencePiece"
+    if requested == "kitoken":
+        raise ConfigError(
+            f"tokenizer.encoder=kitoken: this model is not supported by kitoken ({reason}). "
+            "Use tokenizer.encoder=auto or sentencepiece."
+        )
+    return "sentencepiece", f"kitoken not used: {reason}"
+
+
+class Encoder:
+    """Encodes batches of documents with SentencePiece or kitoken (one process, one thread)."""
+
+    def __init__(self, model_path: str, name: str) -> None:
+        self.name = name
+        self.sp = load_processor(model_path)
+        self.kitoken = None
+        if name == "kitoken":
+            from kitoken import Kitoken
+
+            self.kitoken = Kitoken.from_sentencepiece_file(model_path)
+
+    def encode(self, texts: list[str], name: str | None = None) -> list[list[int]]:
+        """Token ids of each text (no BOS/EOS). `name` forces one encoder (for verification)."""
+        name = name or self.name
+        if name == "kitoken" and self.kitoken is not None:
+            encode = self.kitoken.encode
+            return [encode(text) for text in texts]
+        return self.sp.encode(texts, num_threads=1)

@@ -1,0 +1,93 @@
+"""Helpers for the data pipeline tests (imported as `dp_helpers`; conftest holds the fixtures)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+from data_pipeline.config import InputConfig, OutputConfig, PrepareConfig, TokenizerConfig
+
+REPO = Path(__file__).resolve().parents[2]
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+CORPUS_MODULES = ["json", "email", "http", "urllib", "logging", "xml/dom", "concurrent/futures"]
+PROSE = [
+    "The quick brown fox jumps over the lazy dog. Numbers like 3.14159 and 2026 are split.",
+    "Ünïcödé text, 日本語のテキスト, emoji 🎉, tabs\tand  double  spaces stay as they are.",
+    "A paragraph with a trailing newline.\n",
+]
+
+
+def corpus_texts(limit_bytes: int = 300_000) -> list[str]:
+    """Deterministic real documents: stdlib modules (code) plus a few prose lines."""
+    texts, size = list(PROSE), 0
+    for module in CORPUS_MODULES:
+        for path in sorted((STDLIB / module).glob("*.py")):
+            text = path.read_text(encoding="utf-8")
+            if text.strip() and size < limit_bytes:
+                texts.append(text)
+                size += len(text.encode())
+    return texts
+
+
+def write_jsonl(path: Path, texts: list[str]) -> Path:
+    """One {"text": ...} object per line."""
+    path.write_text("".join(json.dumps({"text": t, "id": i}) + "\n" for i, t in enumerate(texts)))
+    return path
+
+
+def make_cfg(paths: list, out: Path, model: Path | None = None, **kw) -> PrepareConfig:
+    """A PrepareConfig for the tests; keyword args set top-level fields or `section__key`."""
+    cfg = PrepareConfig(
+        input=InputConfig(name="test", paths=[str(p) for p in paths]),
+        tokenizer=TokenizerConfig(model=str(model) if model else None, vocab_size=512),
+        output=OutputConfig(dir=str(out)),
+        progress=False,
+    )
+    for key, value in kw.items():
+        if "__" in key:
+            section, name = key.split("__")
+            setattr(getattr(cfg, section), name, value)
+        else:
+            setattr(cfg, key, value)
+    return cfg
+
+
+def shard_bytes(out: Path) -> dict[str, bytes]:
+    """name -> content of every shard .bin/.idx in an output dir."""
+    return {p.name: p.read_bytes() for p in sorted(out.glob("shard_*.[bi][id][nx]"))}
+
+
+def read_docs(out: Path) -> list[list[int]]:
+    """All documents of an output dir, in shard order, via megatron's IndexedDataset."""
+    from data_pipeline.megatron_io import indexed_dataset
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    docs = []
+    for shard in manifest["shards"]:
+        dataset = indexed_dataset().IndexedDataset(str(out / shard["prefix"]), mmap=True)
+        docs.extend(dataset[i].tolist() for i in range(len(dataset)))
+        del dataset
+    return docs
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 120):
+    """Run `python -m <args>` from the repo root; returns the CompletedProcess."""
+    full_env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HUB_OFFLINE": "1",
+        **(env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=cwd or REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
