@@ -1,12 +1,15 @@
 """Shared pytest fixtures.
 
-`prepared_data` is a small data directory in the format of docs/data_format.md (vocab 512, ~0.4M tokens of
-Python standard-library code), built once per test session by the real data-preparation job.
+`prepared_data` is a small data directory in the format of docs/data_format.md (vocab 512,
+~1.5 MB of Python standard-library code, 2 shards), built once per test session by the real
+data-preparation job
+(`data_pipeline.prepare.run_prepare`), exactly as `python -m data_pipeline` would build it.
 """
 
 from __future__ import annotations
 
 import os
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -20,15 +23,39 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PREPARED_VOCAB_SIZE = 512
+PREPARED_MAX_BYTES = 1_500_000
 
 
-def _build_prepared_data(out_dir: Path) -> Path:
-    from tests._prepared import build_small_dataset
+def stdlib_sample_files(max_bytes: int = PREPARED_MAX_BYTES) -> list[str]:
+    """The first top-level standard-library modules (sorted by name) up to `max_bytes`."""
+    files, total = [], 0
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        size = path.stat().st_size
+        if size == 0:
+            continue
+        files.append(str(path))
+        total += size
+        if total >= max_bytes:
+            break
+    return files
 
-    return build_small_dataset(out_dir, vocab_size=PREPARED_VOCAB_SIZE)
+
+def build_prepared_data(out_dir: Path, vocab_size: int = PREPARED_VOCAB_SIZE) -> Path:
+    """Run the data-preparation job on a stdlib sample into `out_dir` (2 shards)."""
+    from data_pipeline.config import InputConfig, OutputConfig, PrepareConfig, TokenizerConfig
+    from data_pipeline.prepare import run_prepare
+
+    cfg = PrepareConfig(
+        input=InputConfig(name="stdlib_small", paths=stdlib_sample_files(), format="text"),
+        tokenizer=TokenizerConfig(vocab_size=vocab_size),
+        output=OutputConfig(dir=str(out_dir), num_shards=2),
+        workers=1,
+        progress=False,
+    )
+    return run_prepare(cfg)
 
 
 @pytest.fixture(scope="session")
 def prepared_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A complete data directory (tokenizer.model, shards, manifest.json) for training tests."""
-    return _build_prepared_data(tmp_path_factory.mktemp("prepared") / "stdlib_small")
+    return build_prepared_data(tmp_path_factory.mktemp("prepared") / "stdlib_small")

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Data preparation on a Slurm cluster as a job array, in three steps:
+#   1. train (or copy) the tokenizer once, here on the login/submit node, so every task uses the same model;
+#   2. an array of N tasks, task i tokenizing slice i of the shards into the same output dir;
+#   3. a job depending on the whole array that verifies every shard and writes manifest.json.
+# The result is byte-identical to a single `python -m data_pipeline` run with the same overrides.
+#
+#   launch/prepare_slurm.sh NUM_TASKS [hydra overrides...]
+#   launch/prepare_slurm.sh 16 input=files 'input.paths=[/data/raw/*.jsonl.zst]' \
+#       output.dir=/data/web output.num_shards=64 tokenizer=bpe_32k
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TASKS=${1:?usage: launch/prepare_slurm.sh NUM_TASKS [hydra overrides...]}
+shift
+PY=${PYTHON:-.venv/bin/python}
+mkdir -p checkpoints
+"$PY" -m data_pipeline "$@" stage=tokenizer
+array=$(sbatch --parsable --array=0-$((TASKS - 1)) launch/slurm_prepare_array.sbatch "$@")
+final=$(sbatch --parsable --dependency=afterok:"$array" --job-name=prepare-finalize \
+  --output=checkpoints/slurm-%x-%j.out --wrap "$PY -m data_pipeline $(printf '%q ' "$@") stage=finalize")
+echo "submitted array job $array ($TASKS tasks) and finalize job $final"
