@@ -1,0 +1,312 @@
+"""Typed configuration tree for `python -m pretrain` (Hydra structured configs).
+
+Dataclass defaults describe a tiny CPU run; YAML files under conf/ only override them.
+Field names follow megatron-core where one exists, so the adapter in model.py is a 1:1 copy.
+Derived values (accumulation steps, padded vocab, data-parallel size) are methods, not
+interpolations. Only `pretrain/__main__.py` imports Hydra and calls `register_configs()`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+Precision = str
+"""One of "fp32", "bf16", "fp16" (OmegaConf 2.3 has no Literal; validate.py checks the value)."""
+
+CHOICES = {
+    "precision": ("fp32", "bf16", "fp16"),
+    "model.position_embedding_type": ("learned_absolute", "rope"),
+    "model.normalization": ("LayerNorm", "RMSNorm"),
+    "model.activation": ("gelu", "swiglu"),
+    "parallel.backend": ("auto", "gloo", "nccl"),
+    "optim.optimizer": ("adam", "sgd"),
+    "optim.decay_style": ("cosine", "linear", "constant"),
+    "train.activation_recompute": ("none", "selective", "full"),
+    "logging.wandb.mode": ("offline", "online", "disabled"),
+}
+"""Allowed values of the string-choice keys."""
+
+
+class ConfigError(ValueError):
+    """A user configuration problem; the message names the key to change and how."""
+
+
+@dataclass
+class RunConfig:
+    name: str = "tiny"
+    """Run name; used for the default run directory and the W&B run name."""
+    dir: str = "checkpoints/${run.name}"
+    """Run directory: metrics.jsonl, report.png, wandb/, checkpoints, .hydra (rank 0)."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"
+    """Preset name (informational; chosen with `model=<preset>`)."""
+    num_layers: int = 2
+    """Transformer layers. Must be divisible by PP x VPP."""
+    hidden_size: int = 64
+    """Model width."""
+    num_attention_heads: int = 4
+    """Attention heads. Must be divisible by parallel.tensor_model_parallel_size."""
+    num_query_groups: int | None = None
+    """Key/value heads for grouped-query attention (None = num_attention_heads, i.e. MHA)."""
+    ffn_hidden_size: int | None = None
+    """MLP width (None = 4 x hidden_size)."""
+    max_position_embeddings: int = 256
+    """Longest sequence the position embedding supports (learned positions: its table size)."""
+    position_embedding_type: str = "learned_absolute"
+    """Learned absolute positions (GPT-2) or rotary embeddings (Llama)."""
+    rotary_base: int = 10000
+    """RoPE base frequency (rope only)."""
+    normalization: str = "LayerNorm"
+    """Norm layer type."""
+    activation: str = "gelu"
+    """MLP activation: GELU (GPT-2) or SwiGLU (gated SiLU, Llama)."""
+    add_bias_linear: bool = True
+    """Biases in the linear layers (GPT-2 yes, Llama no)."""
+    share_embeddings_and_output_weights: bool = True
+    """Tie the input embedding and the output layer (False = untied)."""
+    vocab_size: int | None = None
+    """Tokenizer vocabulary size; None takes it from the data manifest. If set, must match it."""
+    make_vocab_size_divisible_by: int = 128
+    """The embedding table is padded to a multiple of this x TP size (Megatron's padding)."""
+    hidden_dropout: float = 0.0
+    """Dropout after attention/MLP."""
+    attention_dropout: float = 0.0
+    """Dropout on attention probabilities."""
+    init_method_std: float = 0.02
+    """Std of the normal weight initialisation."""
+    layernorm_epsilon: float = 1e-5
+    """Norm epsilon."""
+
+    def kv_heads(self) -> int:
+        """Number of key/value heads."""
+        return self.num_query_groups or self.num_attention_heads
+
+    def ffn_size(self) -> int:
+        """Effective MLP width."""
+        return self.ffn_hidden_size or 4 * self.hidden_size
+
+    def padded_vocab_size(self, vocab_size: int, tp: int) -> int:
+        """Embedding rows: vocab rounded up to make_vocab_size_divisible_by x TP."""
+        multiple = self.make_vocab_size_divisible_by * tp
+        return ((vocab_size + multiple - 1) // multiple) * multiple
+
+
+@dataclass
+class ParallelConfig:
+    tensor_model_parallel_size: int = 1
+    """TP: ranks a layer's weights are split over. Must divide heads and kv heads."""
+    pipeline_model_parallel_size: int = 1
+    """PP: pipeline stages. num_layers must be divisible by PP x VPP."""
+    virtual_pipeline_model_parallel_size: int | None = None
+    """VPP: model chunks per pipeline rank (interleaved 1F1B schedule); None = off. Needs PP>1."""
+    sequence_parallel: bool = False
+    """Split norm/dropout activations along the sequence over the TP group. Needs TP>1."""
+    use_distributed_optimizer: bool = False
+    """Shard optimizer states over data-parallel ranks (ZeRO-1)."""
+    overlap_grad_reduce: bool = False
+    """Overlap the DP gradient reduce with backward (GPU)."""
+    overlap_param_gather: bool = False
+    """Overlap the distributed optimizer's param all-gather with forward (GPU)."""
+    backend: str = "auto"
+    """torch.distributed backend: auto = nccl with CUDA, gloo without."""
+
+    def model_parallel_size(self) -> int:
+        """TP x PP ranks hold one model replica."""
+        return self.tensor_model_parallel_size * self.pipeline_model_parallel_size
+
+
+@dataclass
+class DataConfig:
+    paths: list[str] = field(default_factory=lambda: ["checkpoints/data/stdlib_code"])
+    """Data-pipeline output directories (each with manifest.json), see docs/data_format.md."""
+    weights: list[float] | None = None
+    """Blending weights, one per path (None = proportional to each directory's tokens)."""
+    split: str = "98,1,1"
+    """train,valid,test proportions of the documents of every directory."""
+    cache_dir: str | None = None
+    """Where megatron caches dataset index files (None = build in memory on every rank)."""
+    verify_checksums: bool = False
+    """Also check every shard's sha256 from the manifest (slow for big data)."""
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = "adam"
+    """AdamW (decoupled weight decay) or SGD."""
+    lr: float = 3e-3
+    """Peak learning rate (after warmup)."""
+    min_lr: float = 3e-4
+    """Final learning rate of the decay."""
+    warmup_steps: int = 10
+    """Linear warmup steps from 0 to lr."""
+    decay_style: str = "cosine"
+    """Decay shape after warmup."""
+    decay_steps: int | None = None
+    """Steps of warmup + decay (None = train.max_steps)."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay (not applied to biases and norms)."""
+    adam_beta1: float = 0.9
+    """Adam beta1."""
+    adam_beta2: float = 0.95
+    """Adam beta2."""
+    adam_eps: float = 1e-8
+    """Adam epsilon."""
+    clip_grad: float = 1.0
+    """Global gradient-norm clipping (0 = off)."""
+    initial_loss_scale: float = 65536.0
+    """fp16 only: starting dynamic loss scale."""
+    min_loss_scale: float = 1.0
+    """fp16 only: the dynamic loss scale never goes below this."""
+    loss_scale_window: int = 1000
+    """fp16 only: good steps before the loss scale doubles."""
+    hysteresis: int = 2
+    """fp16 only: overflowing steps tolerated before the scale is halved."""
+    loss_scale: float | None = None
+    """fp16 only: a static loss scale instead of dynamic scaling (None = dynamic)."""
+
+
+@dataclass
+class TrainConfig:
+    micro_batch_size: int = 4
+    """Sequences per micro-batch per data-parallel rank."""
+    global_batch_size: int = 8
+    """Sequences per optimizer step; accumulation = global / (micro x DP)."""
+    seq_length: int = 64
+    """Tokens per sequence."""
+    max_steps: int = 20
+    """Optimizer steps to train."""
+    max_tokens: int | None = None
+    """Token budget; when set, max_steps = ceil(max_tokens / (global_batch x seq_length))."""
+    stop_at_step: int | None = None
+    """Stop early at this step (saving a checkpoint) without changing the LR schedule, e.g. to
+    split a run into several jobs; a later run with the same config resumes to max_steps."""
+    log_interval: int = 1
+    """Log (console, metrics.jsonl, W&B) every N steps."""
+    activation_recompute: str = "none"
+    """Recompute activations in backward: selective (attention core) or full (every layer)."""
+    max_skipped_steps: int = 5
+    """Abort after this many consecutive skipped (non-finite / overflowing) steps."""
+
+    def steps_for(self, tokens_per_step: int) -> int:
+        """max_steps, or the step count the token budget gives."""
+        if self.max_tokens is None:
+            return self.max_steps
+        return -(-self.max_tokens // tokens_per_step)
+
+
+@dataclass
+class EvalConfig:
+    interval: int = 10
+    """Validate every N steps (0 = never; the end of training always validates)."""
+    iters: int = 2
+    """Validation batches (of global_batch_size sequences) per evaluation."""
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"
+    """W&B mode (rank 0 only). Offline runs can be synced later with `wandb sync`."""
+    project: str = "pretrain"
+    """W&B project."""
+    entity: str | None = None
+    """W&B entity (team/user); None = default."""
+    tags: list[str] = field(default_factory=list)
+    """W&B tags."""
+
+
+@dataclass
+class LoggingConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    """Weights & Biases settings."""
+    peak_tflops: float | None = None
+    """Peak dense TFLOP/s of one device for MFU (None = known GPU table; CPU = no MFU)."""
+    level: str = "INFO"
+    """Python logging level on rank 0."""
+    report: bool = True
+    """Write report.png at the end of training."""
+
+
+@dataclass
+class SampleConfig:
+    enabled: bool = True
+    """Generate a text sample with the trained model at the end of training."""
+    prompt: str = "def "
+    """Prompt text (encoded with the data's tokenizer)."""
+    max_new_tokens: int = 32
+    """Tokens to generate."""
+    temperature: float = 0.8
+    """0 = greedy; otherwise softmax temperature."""
+    top_k: int = 40
+    """With temperature > 0: sample among the k most likely tokens (0 = all)."""
+
+
+@dataclass
+class CheckpointConfig:
+    save_interval: int = 0
+    """Save every N steps (0 = never by interval)."""
+    save_interval_minutes: float = 0.0
+    """Also save when this much wall-clock passed since the last save (0 = off)."""
+    keep_last: int = 2
+    """Keep the newest N complete checkpoints (0 = keep all)."""
+    async_save: bool = False
+    """Write checkpoints in the background."""
+    resume: str = "auto"
+    """'auto': continue from ${run.dir}/latest if present; 'never'."""
+    load: str | None = None
+    """Start from this checkpoint dir (iter_XXXXXXX) instead."""
+    weights_only: bool = False
+    """With load: take only model weights, fresh optimizer/state."""
+    save_at_end: bool = True
+    """Save when training finishes."""
+
+
+@dataclass
+class PretrainConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    """Run name and directory."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Model architecture (`model=<preset>`)."""
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """Parallelism degrees (`parallel=<preset>`)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Training data."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer and LR schedule."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Batch sizes, length, steps."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Validation."""
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """Console, metrics.jsonl, W&B."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Checkpointing (see docs/checkpoints.md)."""
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    """End-of-training text sample."""
+    seed: int = 1234
+    """Seed of model init, dropout and the data order."""
+    precision: Precision = "fp32"
+    """fp32, bf16 (bf16 params, fp32 main weights) or fp16 (with dynamic loss scaling)."""
+
+
+GROUP_SCHEMAS = {
+    "model": ModelConfig,
+    "parallel": ParallelConfig,
+    "data": DataConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+    "logging": LoggingConfig,
+    "checkpoint": CheckpointConfig,
+}
+
+
+def register_configs() -> None:
+    """Register `base_pretrain` and each group's `base_<group>` schema in Hydra's ConfigStore."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    store.store(name="base_pretrain", node=PretrainConfig)
+    for group, node in GROUP_SCHEMAS.items():
+        store.store(group=group, name=f"base_{group}", node=node)

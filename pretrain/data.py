@@ -1,0 +1,265 @@
+"""Training data: data-pipeline directories -> megatron GPTDataset -> per-rank micro-batches.
+
+Reads only the directory contract of docs/data_format.md (manifest.json, tokenizer.model,
+shard_*.bin/.idx); never imports data_pipeline. Samples are packed across documents with EOD by
+megatron's GPTDataset, deterministic for a seed; the iterators start at `consumed_samples`, so a
+resumed run continues with exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pretrain.config import ConfigError, DataConfig, ModelConfig
+
+log = logging.getLogger(__name__)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(directory: str | Path, index: int = 0) -> dict[str, Any]:
+    """Parse `<directory>/manifest.json` (+ key "sha256" of its bytes, "dir" absolute path)."""
+    root = Path(directory)
+    path = root / "manifest.json"
+    key = f"data.paths[{index}]={directory}"
+    if not path.is_file():
+        hint = (
+            "run `python -m data_pipeline ...` first"
+            if not root.exists()
+            else (
+                "the directory is incomplete (manifest.json is written last); "
+                "re-run data preparation"
+            )
+        )
+        raise ConfigError(f"{key}: no manifest.json in {root.resolve()}; {hint}")
+    raw = path.read_bytes()
+    try:
+        manifest = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{key}: {path} is not valid JSON ({exc})") from exc
+    if manifest.get("format_version") != 1:
+        raise ConfigError(
+            f"{key}: {path} has format_version={manifest.get('format_version')!r}; this version of "
+            "pretrain reads format_version 1 (docs/data_format.md)"
+        )
+    manifest["sha256"] = hashlib.sha256(raw).hexdigest()
+    manifest["dir"] = str(root.resolve())
+    return manifest
+
+
+def check_manifests(
+    data_cfg: DataConfig, model_cfg: ModelConfig, verify_files: bool = True
+) -> list[dict[str, Any]]:
+    """Read every data.paths manifest and check tokenizers and files; return the manifests."""
+    if not data_cfg.paths:
+        raise ConfigError("data.paths is empty; give at least one data directory")
+    manifests = [read_manifest(p, i) for i, p in enumerate(data_cfg.paths)]
+    first = manifests[0]["tokenizer"]
+    for i, manifest in enumerate(manifests[1:], start=1):
+        if manifest["tokenizer"]["sha256"] != first["sha256"]:
+            raise ConfigError(
+                f"data.paths[{i}]={data_cfg.paths[i]} was tokenized with a different tokenizer "
+                f"(sha256 {manifest['tokenizer']['sha256'][:12]}) than data.paths[0] "
+                f"({first['sha256'][:12]}); prepare all directories with the same tokenizer.model"
+            )
+    vocab = int(first["vocab_size"])
+    if model_cfg.vocab_size is not None and model_cfg.vocab_size != vocab:
+        raise ConfigError(
+            f"model.vocab_size={model_cfg.vocab_size} does not match the tokenizer of "
+            f"data.paths[0]={data_cfg.paths[0]} (vocab_size={vocab}); set model.vocab_size={vocab}"
+            " or model.vocab_size=null (take it from the data), or prepare data with a tokenizer "
+            f"of {model_cfg.vocab_size} pieces"
+        )
+    if verify_files:
+        for i, manifest in enumerate(manifests):
+            _check_files(manifest, i, data_cfg.verify_checksums)
+    return manifests
+
+
+def _check_files(manifest: dict[str, Any], index: int, checksums: bool) -> None:
+    root = Path(manifest["dir"])
+    tok = root / manifest["tokenizer"]["path"]
+    if not tok.is_file():
+        raise ConfigError(f"data.paths[{index}]: tokenizer {tok} is missing")
+    if _sha256(tok) != manifest["tokenizer"]["sha256"]:
+        raise ConfigError(
+            f"data.paths[{index}]: {tok} does not match the sha256 in its manifest.json; "
+            "the directory was modified after preparation, re-run data preparation"
+        )
+    for shard in manifest["shards"]:
+        for ext in (".bin", ".idx"):
+            path = root / f"{shard['prefix']}{ext}"
+            if not path.is_file():
+                raise ConfigError(f"data.paths[{index}]: shard file {path} is missing")
+            want = shard.get(f"{ext[1:]}_sha256")
+            if checksums and want and _sha256(path) != want:
+                raise ConfigError(f"data.paths[{index}]: {path} fails its manifest sha256 check")
+
+
+class SentencePieceTokenizer:
+    """The data's SentencePiece model, with the attributes megatron's GPTDataset reads.
+
+    `pad` is the manifest's pad_id (-1 when the model has none, megatron's "no pad"), never
+    the EOD id, so real EOD tokens are never masked out of the loss.
+    """
+
+    def __init__(self, manifest: dict[str, Any]) -> None:
+        import sentencepiece as spm
+
+        info = manifest["tokenizer"]
+        self.path = str(Path(manifest["dir"]) / info["path"])
+        self.processor = spm.SentencePieceProcessor(model_file=self.path)
+        self.vocab_size = int(info["vocab_size"])
+        self.eod = int(info["eod_id"])
+        self.bos = int(info.get("bos_id", -1))
+        self.pad = int(info.get("pad_id", -1))
+        self.unique_identifiers = OrderedDict(
+            [("class", "SentencePieceTokenizer"), ("sha256", info["sha256"])]
+        )
+
+    @property
+    def eos(self) -> int:
+        """Alias of eod (megatron checks it for pad collisions)."""
+        return self.eod
+
+    def tokenize(self, text: str) -> list[int]:
+        """Text -> token ids."""
+        return list(self.processor.encode(text))
+
+    def detokenize(self, ids: list[int]) -> str:
+        """Token ids -> text (ids beyond the vocab, i.e. padding rows, are dropped)."""
+        return self.processor.decode([int(i) for i in ids if 0 <= int(i) < self.vocab_size])
+
+
+def build_blend(
+    data_cfg: DataConfig, manifests: list[dict[str, Any]]
+) -> tuple[list[str], list[float] | None]:
+    """Megatron blend: every shard prefix, weighted by dir weight x shard's share of its dir."""
+    if data_cfg.weights is not None and len(data_cfg.weights) != len(manifests):
+        raise ConfigError(
+            f"data.weights has {len(data_cfg.weights)} entries but data.paths has "
+            f"{len(manifests)}; give one weight per path or data.weights=null"
+        )
+    prefixes: list[str] = []
+    weights: list[float] = []
+    for i, manifest in enumerate(manifests):
+        total = sum(s["num_tokens"] for s in manifest["shards"]) or 1
+        dir_weight = data_cfg.weights[i] if data_cfg.weights is not None else total
+        for shard in manifest["shards"]:
+            prefixes.append(str(Path(manifest["dir"]) / shard["prefix"]))
+            weights.append(float(dir_weight) * shard["num_tokens"] / total)
+    if len(prefixes) == 1:
+        return prefixes, None
+    return prefixes, weights
+
+
+def build_datasets(
+    data_cfg: DataConfig,
+    manifests: list[dict[str, Any]],
+    tokenizer: SentencePieceTokenizer,
+    seq_length: int,
+    seed: int,
+    num_samples: tuple[int, int, int],
+) -> list[Any]:
+    """Train/valid/test datasets (megatron GPTDataset/BlendedDataset; None for empty splits)."""
+    from megatron.core.datasets.blended_megatron_dataset_builder import (
+        BlendedMegatronDatasetBuilder,
+    )
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+
+    config = GPTDatasetConfig(
+        random_seed=seed,
+        sequence_length=seq_length,
+        blend=build_blend(data_cfg, manifests),
+        split=data_cfg.split,
+        path_to_cache=data_cfg.cache_dir,
+        tokenizer=tokenizer,
+        reset_position_ids=False,
+        reset_attention_mask=False,
+        eod_mask_loss=False,
+        create_attention_mask=False,
+        mid_level_dataset_surplus=0.05,
+    )
+    _drop_empty_splits(config, manifests)
+    builder = BlendedMegatronDatasetBuilder(GPTDataset, list(num_samples), lambda: True, config)
+    return builder.build()
+
+
+_SPLITS = ("train", "valid", "test")
+
+
+def _drop_empty_splits(config: Any, manifests: list[dict[str, Any]]) -> None:
+    """Turn off a split that some shard has no documents for (megatron would loop forever).
+
+    Megatron rounds each split's document range per shard; a tiny shard can get zero documents
+    for `valid`/`test`. Clearing that split's entry keeps the other splits' documents unchanged.
+    """
+    for i, bounds in enumerate(config.split_matrix):
+        if bounds is None:
+            continue
+        for manifest in manifests:
+            empty = [
+                shard["prefix"]
+                for shard in manifest["shards"]
+                if round(bounds[1] * shard["num_docs"]) <= round(bounds[0] * shard["num_docs"])
+            ]
+            if not empty:
+                continue
+            if i == 0:
+                raise ConfigError(
+                    f"data.split={config.split}: shard {empty[0]} of {manifest['dir']} gets no "
+                    "training documents; give train a larger share or prepare bigger shards"
+                )
+            log.warning(
+                "data.split=%s: shard %s of %s has no %s documents; the %s split is disabled",
+                config.split,
+                empty[0],
+                manifest["dir"],
+                _SPLITS[i],
+                _SPLITS[i],
+            )
+            config.split_matrix[i] = None
+            break
+
+
+def micro_batches(
+    dataset: Any, start_sample: int, micro_batch_size: int, dp_rank: int, dp_size: int
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless micro-batches for one DP rank, Megatron's pretraining-sampler order.
+
+    Micro-batch k covers global samples [start + k*mbs*dp, start + (k+1)*mbs*dp); DP rank r
+    takes its r-th slice of `micro_batch_size`. The order is independent of DP size, so DP=2 sees
+    the same samples per step as DP=1 with twice the accumulation.
+    """
+    size = len(dataset)
+    position = start_sample
+    while True:
+        first = position + dp_rank * micro_batch_size
+        items = [dataset[(first + j) % size] for j in range(micro_batch_size)]
+        position += micro_batch_size * dp_size
+        yield {
+            key: torch.stack([item[key] for item in items])
+            for key in ("tokens", "labels", "loss_mask", "position_ids")
+        }
+
+
+def dataset_num_samples(
+    max_steps: int, global_batch: int, eval_interval: int, eval_iters: int
+) -> tuple[int, int, int]:
+    """Samples each split must provide (megatron sizes its index arrays from these)."""
+    evals = (max_steps // eval_interval if eval_interval > 0 else 0) + 1
+    return max_steps * global_batch, evals * eval_iters * global_batch, eval_iters * global_batch

@@ -1,0 +1,320 @@
+"""The training run: `setup(cfg) -> TrainContext`, `train(ctx)`, `run(cfg)`.
+
+Flow: init process groups -> tokenizer/manifests -> model (megatron GPTModel chunks, DDP) ->
+optimizer/scheduler -> `checkpoint.load_at_start` -> data iterators at state.consumed_samples
+-> logger (W&B resumes state.wandb_run_id) -> loop: train_step, log, evaluate, maybe_save,
+preemption check -> final eval, sample, report, `checkpoint.finalize`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pretrain import checkpoint, faults
+from pretrain.config import ConfigError, PretrainConfig
+from pretrain.data import (
+    SentencePieceTokenizer,
+    build_datasets,
+    dataset_num_samples,
+    micro_batches,
+)
+from pretrain.metrics import build_logger, memory_gib, peak_tflops, perplexity
+from pretrain.model import build_model, flops_per_token
+from pretrain.parallel import DistInfo, init_distributed
+from pretrain.sample import generate
+from pretrain.setup import build_optimizer, build_scheduler, configure_model_hooks, wrap_model
+from pretrain.state import TrainState
+from pretrain.step import StepResult, evaluate, train_step
+
+log = logging.getLogger("pretrain")
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive skipped steps (non-finite loss or gradients)."""
+
+
+@dataclass
+class TrainContext:
+    """Everything a run holds. `model` are megatron DDP-wrapped chunks (`.module` unwraps)."""
+
+    cfg: PretrainConfig
+    model: list[torch.nn.Module]
+    optimizer: Any
+    scheduler: Any
+    state: TrainState
+    run_dir: Path
+    data_manifests: list[dict[str, Any]]
+    dist: DistInfo
+    tokenizer: SentencePieceTokenizer
+    max_steps: int
+    num_microbatches: int
+    flops_per_token: float
+    train_dataset: Any = None
+    valid_dataset: Any = None
+    train_iterator: Iterator[dict[str, torch.Tensor]] | None = None
+    logger: Any = None
+    preemption: Any = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        """This rank's device."""
+        return self.dist.device
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens in one global batch."""
+        return self.cfg.train.global_batch_size * self.cfg.train.seq_length
+
+    def make_valid_iterator(self) -> Iterator[dict[str, torch.Tensor]]:
+        """A fresh iterator over the fixed validation batches."""
+        return micro_batches(
+            self.valid_dataset,
+            0,
+            self.cfg.train.micro_batch_size,
+            self.dist.dp_rank,
+            self.dist.dp_size,
+        )
+
+
+def _build_core(cfg: PretrainConfig, manifests: list[dict[str, Any]]) -> TrainContext:
+    dist = init_distributed(cfg.parallel, seed=cfg.seed)
+    tokenizer = SentencePieceTokenizer(manifests[0])
+    t = cfg.train
+    chunks = build_model(
+        cfg.model,
+        cfg.parallel,
+        vocab_size=tokenizer.vocab_size,
+        seq_length=t.seq_length,
+        precision=cfg.precision,
+        activation_recompute=t.activation_recompute,
+    )
+    model = wrap_model(chunks, cfg.parallel, cfg.precision)
+    max_steps = t.steps_for(t.global_batch_size * t.seq_length)
+    optimizer = build_optimizer(model, cfg.optim, cfg.parallel, cfg.precision)
+    scheduler = build_scheduler(optimizer, cfg.optim, max_steps)
+    configure_model_hooks(model, optimizer, cfg.parallel)
+    padded = cfg.model.padded_vocab_size(
+        tokenizer.vocab_size, cfg.parallel.tensor_model_parallel_size
+    )
+    return TrainContext(
+        cfg=cfg,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        state=TrainState(),
+        run_dir=Path(cfg.run.dir),
+        data_manifests=manifests,
+        dist=dist,
+        tokenizer=tokenizer,
+        max_steps=max_steps,
+        num_microbatches=t.global_batch_size // (t.micro_batch_size * dist.dp_size),
+        flops_per_token=flops_per_token(cfg.model, padded, t.seq_length),
+    )
+
+
+def _build_data(ctx: TrainContext) -> None:
+    cfg = ctx.cfg
+    sizes = dataset_num_samples(ctx.max_steps, cfg.train.global_batch_size, 0, cfg.eval.iters)
+    datasets = build_datasets(
+        cfg.data, ctx.data_manifests, ctx.tokenizer, cfg.train.seq_length, cfg.seed, sizes
+    )
+    ctx.train_dataset, ctx.valid_dataset = datasets[0], datasets[1]
+    if ctx.valid_dataset is None and cfg.eval.iters > 0:
+        log.warning("no validation split (data.split=%s): evaluation is off", cfg.data.split)
+    ctx.train_iterator = micro_batches(
+        ctx.train_dataset,
+        ctx.state.consumed_samples,
+        cfg.train.micro_batch_size,
+        ctx.dist.dp_rank,
+        ctx.dist.dp_size,
+    )
+
+
+def setup(cfg: PretrainConfig, manifests: list[dict[str, Any]]) -> TrainContext:
+    """Build the context; restores a checkpoint (if any) before data and logger."""
+    ctx = _build_core(cfg, manifests)
+    if ctx.dist.rank == 0:
+        ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    ctx.preemption = faults.PreemptionHandler()
+    ctx.preemption.install()
+    checkpoint.load_at_start(ctx)
+    _build_data(ctx)
+    ctx.logger = build_logger(cfg, ctx.run_dir, ctx.state, ctx.dist.rank)
+    _log_banner(ctx)
+    return ctx
+
+
+def _log_banner(ctx: TrainContext) -> None:
+    cfg, d = ctx.cfg, ctx.dist
+    params = sum(p.numel() for chunk in ctx.model for p in chunk.parameters())
+    log.info(
+        "run %s in %s | world %d = TP %d x PP %d x DP %d (%s, %s) | precision %s",
+        cfg.run.name,
+        ctx.run_dir,
+        d.world_size,
+        cfg.parallel.tensor_model_parallel_size,
+        cfg.parallel.pipeline_model_parallel_size,
+        d.dp_size,
+        d.backend,
+        d.device.type,
+        cfg.precision,
+    )
+    log.info(
+        "model %s: %d layers, hidden %d, heads %d | params on rank 0: %.2fM | vocab %d | "
+        "steps %d x %d seqs x %d tokens (%d micro-batches) | start step %d",
+        cfg.model.name,
+        cfg.model.num_layers,
+        cfg.model.hidden_size,
+        cfg.model.num_attention_heads,
+        params / 1e6,
+        ctx.tokenizer.vocab_size,
+        ctx.max_steps,
+        cfg.train.global_batch_size,
+        cfg.train.seq_length,
+        ctx.num_microbatches,
+        ctx.state.step,
+    )
+
+
+def _record(ctx: TrainContext, result: StepResult) -> dict[str, Any]:
+    step_s = result.data_s + result.fwd_bwd_s + result.optim_s
+    tokens_per_s = ctx.tokens_per_step / max(step_s, 1e-9)
+    tflops = ctx.flops_per_token * tokens_per_s / ctx.dist.world_size / 1e12
+    peak = peak_tflops(ctx.cfg.logging)
+    return {
+        "step": ctx.state.step,
+        "max_steps": ctx.max_steps,
+        "loss": result.loss,
+        "lr": result.lr,
+        "grad_norm": result.grad_norm,
+        "loss_scale": result.loss_scale,
+        "skipped": result.skipped,
+        "overflow": result.overflow,
+        "consumed_samples": ctx.state.consumed_samples,
+        "consumed_tokens": ctx.state.consumed_tokens,
+        "tokens_per_s": tokens_per_s,
+        "tflops_per_device": tflops,
+        "mfu": tflops / peak if peak else None,
+        "step_s": step_s,
+        "data_s": result.data_s,
+        "fwd_bwd_s": result.fwd_bwd_s,
+        "optim_s": result.optim_s,
+        "mem_gib": memory_gib(),
+    }
+
+
+def _account(ctx: TrainContext, result: StepResult) -> None:
+    state, cfg = ctx.state, ctx.cfg
+    state.step += 1
+    state.consumed_samples += cfg.train.global_batch_size
+    state.consumed_tokens += ctx.tokens_per_step
+    if result.skipped and not result.overflow:
+        state.skipped_steps += 1
+        log.warning(
+            "step %d skipped: non-finite loss %s / grad norm %s (%d consecutive)",
+            state.step,
+            result.loss,
+            result.grad_norm,
+            state.skipped_steps,
+        )
+        if state.skipped_steps >= cfg.train.max_skipped_steps:
+            raise TrainingDiverged(
+                f"{state.skipped_steps} consecutive steps had a non-finite loss or gradient "
+                f"(limit train.max_skipped_steps={cfg.train.max_skipped_steps}); training "
+                "diverged. Lower optim.lr, raise optim.warmup_steps, or use precision=bf16; "
+                "the last good checkpoint is kept."
+            )
+    elif result.overflow:
+        log.info("step %d skipped: fp16 overflow, loss scale now %g", state.step, result.loss_scale)
+    else:
+        state.skipped_steps = 0
+
+
+def _should_eval(ctx: TrainContext) -> bool:
+    interval = ctx.cfg.eval.interval
+    return interval > 0 and ctx.state.step % interval == 0 and ctx.state.step < ctx.max_steps
+
+
+def _eval_record(ctx: TrainContext) -> dict[str, Any] | None:
+    valid = evaluate(ctx)
+    if valid is None:
+        return None
+    return {"step": ctx.state.step, "valid_loss": valid, "valid_ppl": perplexity(valid)}
+
+
+def _last_step(ctx: TrainContext) -> int:
+    stop = ctx.cfg.train.stop_at_step
+    return ctx.max_steps if stop is None else min(stop, ctx.max_steps)
+
+
+def stopped_early(ctx: TrainContext) -> bool:
+    """True when train.stop_at_step ended the loop before max_steps."""
+    return ctx.state.step < ctx.max_steps
+
+
+def train(ctx: TrainContext) -> int:
+    """The loop; returns the process exit code (0, or faults.EXIT_PREEMPTED)."""
+    cfg = ctx.cfg
+    while ctx.state.step < _last_step(ctx):
+        result = train_step(ctx)
+        _account(ctx, result)
+        record = _record(ctx, result)
+        if _should_eval(ctx):
+            record.update(_eval_record(ctx) or {})
+        if ctx.state.step % cfg.train.log_interval == 0 or "valid_loss" in record:
+            ctx.logger.log(record)
+        checkpoint.maybe_save(ctx)
+        if ctx.preemption.should_stop():
+            log.warning("preemption signal: saving at step %d and exiting", ctx.state.step)
+            checkpoint.maybe_save(ctx, force=True)
+            checkpoint.finalize(ctx)
+            return faults.EXIT_PREEMPTED
+    return 0
+
+
+def finish(ctx: TrainContext) -> None:
+    """End of training: final validation, text sample, report, checkpoint finalize."""
+    cfg = ctx.cfg
+    final = _eval_record(ctx)
+    if final is not None:
+        ctx.logger.log(final)
+    if cfg.sample.enabled and cfg.sample.max_new_tokens > 0:
+        start = time.perf_counter()
+        text = generate(ctx, cfg.sample)
+        log.info("sample (%.1f s):\n%s", time.perf_counter() - start, text)
+        ctx.extras["sample"] = text
+        if ctx.dist.rank == 0:
+            (ctx.run_dir / "sample.txt").write_text(text + "\n", encoding="utf-8")
+    checkpoint.finalize(ctx)
+    if ctx.dist.rank == 0:
+        ctx.logger.summary({"final_valid_loss": (final or {}).get("valid_loss")})
+        if cfg.logging.report:
+            from pretrain.report import write_report
+
+            log.info("report: %s", write_report(ctx.run_dir))
+
+
+def run(cfg: PretrainConfig, manifests: list[dict[str, Any]]) -> int:
+    """Set up, train, finish; always closes the logger. Returns the exit code."""
+    ctx = setup(cfg, manifests)
+    try:
+        code = train(ctx)
+        if code == 0 and stopped_early(ctx):
+            log.info("train.stop_at_step=%d reached; saving and exiting", ctx.state.step)
+            checkpoint.finalize(ctx)
+        elif code == 0:
+            finish(ctx)
+        return code
+    finally:
+        ctx.logger.finish()
+
+
+__all__ = ["ConfigError", "TrainContext", "TrainingDiverged", "run", "setup", "train"]

@@ -1,0 +1,200 @@
+"""Whole-config validation, run in `__main__` before any process group starts.
+
+Every check raises `ConfigError` naming the override key(s) and how to fix them. All ranks run
+the same checks on the same config and WORLD_SIZE, so they fail together, without a hang.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pretrain.config import CHOICES, ConfigError, PretrainConfig
+from pretrain.data import check_manifests
+from pretrain.parallel import check_world_size, world_size_from_env
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _check_model(cfg: PretrainConfig) -> None:
+    m, tp = cfg.model, cfg.parallel.tensor_model_parallel_size
+    _require(
+        m.num_layers > 0 and m.hidden_size > 0 and m.num_attention_heads > 0,
+        "model.num_layers, model.hidden_size and model.num_attention_heads must be positive",
+    )
+    _require(
+        m.hidden_size % m.num_attention_heads == 0,
+        f"model.hidden_size={m.hidden_size} must be divisible by "
+        f"model.num_attention_heads={m.num_attention_heads}",
+    )
+    _require(
+        m.num_attention_heads % tp == 0,
+        f"model.num_attention_heads={m.num_attention_heads} must be divisible by "
+        f"parallel.tensor_model_parallel_size={tp}; choose a TP size that divides the heads",
+    )
+    kv = m.kv_heads()
+    _require(
+        m.num_attention_heads % kv == 0,
+        f"model.num_query_groups={kv} must divide model.num_attention_heads="
+        f"{m.num_attention_heads}",
+    )
+    _require(
+        kv % tp == 0,
+        f"model.num_query_groups={kv} (key/value heads) must be divisible by "
+        f"parallel.tensor_model_parallel_size={tp}; lower TP or raise num_query_groups",
+    )
+    seq = cfg.train.seq_length
+    _require(
+        seq <= m.max_position_embeddings,
+        f"train.seq_length={seq} exceeds model.max_position_embeddings="
+        f"{m.max_position_embeddings}; lower train.seq_length or raise "
+        "model.max_position_embeddings",
+    )
+    _require(
+        m.make_vocab_size_divisible_by > 0,
+        "model.make_vocab_size_divisible_by must be >= 1",
+    )
+
+
+def _check_parallel(cfg: PretrainConfig, world_size: int) -> int:
+    p = cfg.parallel
+    _require(
+        p.tensor_model_parallel_size >= 1 and p.pipeline_model_parallel_size >= 1,
+        "parallel.tensor_model_parallel_size and parallel.pipeline_model_parallel_size must "
+        "be >= 1",
+    )
+    dp = check_world_size(p, world_size)
+    vpp = p.virtual_pipeline_model_parallel_size
+    if vpp is not None:
+        _require(
+            vpp >= 1 and p.pipeline_model_parallel_size > 1,
+            f"parallel.virtual_pipeline_model_parallel_size={vpp} needs "
+            "parallel.pipeline_model_parallel_size > 1 (or set it to null)",
+        )
+    stages = p.pipeline_model_parallel_size * (vpp or 1)
+    _require(
+        cfg.model.num_layers % stages == 0,
+        f"model.num_layers={cfg.model.num_layers} must be divisible by "
+        f"parallel.pipeline_model_parallel_size={p.pipeline_model_parallel_size} x "
+        f"parallel.virtual_pipeline_model_parallel_size={vpp or 1} = {stages}",
+    )
+    if p.sequence_parallel:
+        tp = p.tensor_model_parallel_size
+        _require(
+            tp > 1,
+            "parallel.sequence_parallel=true needs parallel.tensor_model_parallel_size > 1",
+        )
+        _require(
+            cfg.train.seq_length % tp == 0,
+            f"parallel.sequence_parallel=true needs train.seq_length={cfg.train.seq_length} "
+            f"divisible by parallel.tensor_model_parallel_size={tp}",
+        )
+    return dp
+
+
+def _check_batch(cfg: PretrainConfig, dp: int) -> None:
+    t, p = cfg.train, cfg.parallel
+    _require(
+        t.micro_batch_size >= 1 and t.global_batch_size >= 1 and t.seq_length >= 2,
+        "train.micro_batch_size and train.global_batch_size must be >= 1, train.seq_length >= 2",
+    )
+    per_step = t.micro_batch_size * dp
+    _require(
+        t.global_batch_size % per_step == 0,
+        f"train.global_batch_size={t.global_batch_size} must be divisible by "
+        f"train.micro_batch_size={t.micro_batch_size} x data-parallel size {dp} = {per_step}; "
+        f"e.g. train.global_batch_size={per_step * max(1, t.global_batch_size // per_step)}",
+    )
+    if p.virtual_pipeline_model_parallel_size is not None:
+        micro = t.global_batch_size // per_step
+        pp = p.pipeline_model_parallel_size
+        _require(
+            micro % pp == 0,
+            f"the interleaved schedule (parallel.virtual_pipeline_model_parallel_size) needs the "
+            f"micro-batch count {micro} (train.global_batch_size / (micro_batch_size x DP)) to be "
+            f"a multiple of parallel.pipeline_model_parallel_size={pp}",
+        )
+    _require(
+        t.max_steps >= 1 or (t.max_tokens or 0) > 0,
+        "train.max_steps must be >= 1 (or set train.max_tokens)",
+    )
+    _require(t.log_interval >= 1, "train.log_interval must be >= 1")
+    _require(t.max_skipped_steps >= 1, "train.max_skipped_steps must be >= 1")
+
+
+def _check_optim(cfg: PretrainConfig) -> None:
+    o = cfg.optim
+    _require(o.lr > 0, f"optim.lr={o.lr} must be > 0")
+    _require(0 <= o.min_lr <= o.lr, f"optim.min_lr={o.min_lr} must be in [0, optim.lr={o.lr}]")
+    _require(o.warmup_steps >= 0, "optim.warmup_steps must be >= 0")
+    _require(o.clip_grad >= 0, "optim.clip_grad must be >= 0 (0 = off)")
+    if cfg.precision == "fp16":
+        _require(
+            o.loss_scale is None or o.loss_scale > 0,
+            f"optim.loss_scale={o.loss_scale} must be > 0 (or null for dynamic scaling)",
+        )
+        _require(
+            o.initial_loss_scale >= o.min_loss_scale > 0,
+            "optim.initial_loss_scale must be >= optim.min_loss_scale > 0",
+        )
+        _require(o.hysteresis >= 1, "optim.hysteresis must be >= 1")
+    elif o.loss_scale is not None:
+        raise ConfigError(
+            f"optim.loss_scale={o.loss_scale} applies only to precision=fp16 (precision="
+            f"{cfg.precision}); remove it or set precision=fp16"
+        )
+
+
+def _check_misc(cfg: PretrainConfig) -> None:
+    _require(cfg.eval.interval >= 0, "eval.interval must be >= 0 (0 = only at the end)")
+    _require(cfg.eval.iters >= 0, "eval.iters must be >= 0")
+    _require(
+        cfg.checkpoint.resume in ("auto", "never"),
+        f"checkpoint.resume={cfg.checkpoint.resume!r} must be 'auto' or 'never'",
+    )
+    _require(bool(cfg.run.dir), "run.dir must not be empty")
+    parts = cfg.data.split.split(",")
+    try:
+        shares = [float(x) for x in parts]
+    except ValueError:
+        shares = []
+    _require(
+        len(shares) == 3 and all(x >= 0 for x in shares) and shares[0] > 0,
+        f"data.split={cfg.data.split!r} must be three non-negative numbers 'train,valid,test' "
+        "with train > 0, e.g. data.split=98,1,1",
+    )
+    if cfg.data.weights is not None:
+        _require(
+            len(cfg.data.weights) == len(cfg.data.paths) and all(w > 0 for w in cfg.data.weights),
+            f"data.weights needs one positive weight per data.paths entry ({len(cfg.data.paths)})",
+        )
+    _require(cfg.sample.max_new_tokens >= 0, "sample.max_new_tokens must be >= 0")
+
+
+def _lookup(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _check_choices(cfg: PretrainConfig) -> None:
+    for key, allowed in CHOICES.items():
+        value = _lookup(cfg, key)
+        _require(
+            value in allowed,
+            f"{key}={value!r} is not one of {', '.join(allowed)}; e.g. {key}={allowed[0]}",
+        )
+
+
+def validate(cfg: PretrainConfig, world_size: int | None = None) -> list[dict[str, Any]]:
+    """Check the whole config (and the data manifests); return the parsed manifests."""
+    world = world_size if world_size is not None else world_size_from_env()
+    _check_choices(cfg)
+    dp = _check_parallel(cfg, world)
+    _check_model(cfg)
+    _check_batch(cfg, dp)
+    _check_optim(cfg)
+    _check_misc(cfg)
+    return check_manifests(cfg.data, cfg.model)
