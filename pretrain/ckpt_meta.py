@@ -1,0 +1,199 @@
+"""Checkpoint metadata (`meta.json`): what was saved, and the checks a resume makes against it.
+
+`meta.json` is plain JSON written by rank 0 into every checkpoint. It is read *before* any
+tensor is loaded, so a changed tokenizer, dataset or model shape is a clear `CheckpointError`
+naming the key, not a shape error deep inside torch.distributed.checkpoint (or silent garbage).
+It also carries the resolved config (secrets scrubbed), so `pretrain.export_hf` can rebuild the
+model from the checkpoint alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from pretrain.config import ConfigError
+
+FORMAT_VERSION = 1
+"""Version of our checkpoint layout (bumped on incompatible changes)."""
+
+REDACTED = "***REDACTED***"
+_SECRET_WORDS = ("key", "token", "secret", "password", "passwd", "credential", "apikey")
+_SPLIT = re.compile(r"[^a-z0-9]+")
+
+ARCH_KEYS = (
+    "num_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "kv_heads",
+    "ffn_size",
+    "position_embedding_type",
+    "normalization",
+    "activation",
+    "add_bias_linear",
+    "share_embeddings_and_output_weights",
+)
+"""Model properties that must match between a checkpoint and the model it is loaded into."""
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint cannot be used as asked; the message says what differs and how to fix it."""
+
+
+def is_secret_name(name: str) -> bool:
+    """True for names like WANDB_API_KEY, hf_token, db-password (not for 'tokenizer')."""
+    parts = [p for p in _SPLIT.split(name.lower()) if p]
+    return any(part in _SECRET_WORDS for part in parts)
+
+
+def secret_values(environ: dict[str, str] | None = None) -> set[str]:
+    """Values of environment variables whose names look secret (at least 6 characters long)."""
+    env = os.environ if environ is None else environ
+    return {v for k, v in env.items() if is_secret_name(k) and len(v) >= 6}
+
+
+def scrub_secrets(obj: Any, secrets: set[str] | None = None) -> Any:
+    """Copy of a JSON-like tree with secret-named keys and secret env values redacted."""
+    secrets = secret_values() if secrets is None else secrets
+    if isinstance(obj, dict):
+        return {
+            k: (REDACTED if is_secret_name(str(k)) and v is not None else scrub_secrets(v, secrets))
+            for k, v in obj.items()
+        }
+    if isinstance(obj, (list, tuple)):
+        return [scrub_secrets(v, secrets) for v in obj]
+    if isinstance(obj, str):
+        for secret in secrets:
+            if secret in obj:
+                obj = obj.replace(secret, REDACTED)
+    return obj
+
+
+def arch_of(model_cfg: Any, vocab_size: int | None) -> dict[str, Any]:
+    """The architecture properties of a ModelConfig that a checkpoint must agree on."""
+    arch = {
+        "num_layers": model_cfg.num_layers,
+        "hidden_size": model_cfg.hidden_size,
+        "num_attention_heads": model_cfg.num_attention_heads,
+        "kv_heads": model_cfg.kv_heads(),
+        "ffn_size": model_cfg.ffn_size(),
+        "position_embedding_type": model_cfg.position_embedding_type,
+        "normalization": model_cfg.normalization,
+        "activation": model_cfg.activation,
+        "add_bias_linear": model_cfg.add_bias_linear,
+        "share_embeddings_and_output_weights": model_cfg.share_embeddings_and_output_weights,
+        "vocab_size": vocab_size,
+    }
+    if model_cfg.position_embedding_type == "learned_absolute":
+        arch["max_position_embeddings"] = model_cfg.max_position_embeddings
+    return arch
+
+
+def data_fingerprint(cfg: Any, manifests: list[dict]) -> list[dict[str, Any]]:
+    """One entry per data.paths item: path and the sha256 of its manifest.json bytes."""
+    return [
+        {"path": str(path), "sha256": man.get("sha256")}
+        for path, man in zip(cfg.data.paths, manifests, strict=False)
+    ]
+
+
+def tokenizer_of(manifests: list[dict]) -> dict[str, Any]:
+    """Tokenizer identity (sha256, vocab size, special ids) from the first manifest."""
+    if not manifests:
+        return {}
+    tok = manifests[0].get("tokenizer", {})
+    keys = ("sha256", "vocab_size", "eod_id", "bos_id", "pad_id", "unk_id", "type")
+    return {k: tok.get(k) for k in keys}
+
+
+def build_meta(ctx: Any, layout: dict[str, Any], vocab_size: int | None) -> dict[str, Any]:
+    """Everything `meta.json` records for the checkpoint being written now."""
+    cfg = ctx.cfg
+    return {
+        "format_version": FORMAT_VERSION,
+        "step": ctx.state.step,
+        "train_state": ctx.state.to_dict(),
+        "layout": layout,
+        "arch": arch_of(cfg.model, vocab_size),
+        "precision": cfg.precision,
+        "tokenizer": tokenizer_of(ctx.data_manifests),
+        "data": data_fingerprint(cfg, ctx.data_manifests),
+        "config": scrub_secrets(dataclasses.asdict(cfg)),
+        "saved_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def read_meta(ckpt_dir: Path) -> dict[str, Any]:
+    """Parse `meta.json` of a checkpoint (JSON only: nothing is executed)."""
+    path = ckpt_dir / "meta.json"
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from exc
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: format_version {meta.get('format_version')} is not supported "
+            f"(this code reads version {FORMAT_VERSION})"
+        )
+    return meta
+
+
+def check_compatible(
+    meta: dict[str, Any],
+    ckpt_dir: Path,
+    cfg: Any,
+    manifests: list[dict],
+    vocab: int | None,
+    weights_only: bool,
+) -> None:
+    """Raise CheckpointError naming every incompatibility between a checkpoint and this run."""
+    problems = []
+    saved_arch, arch = meta.get("arch", {}), arch_of(cfg.model, vocab)
+    for key, now in arch.items():
+        if key in saved_arch and saved_arch[key] != now:
+            name = "the tokenizer's vocab_size" if key == "vocab_size" else f"model.{key}"
+            problems.append(f"{name}: checkpoint has {saved_arch[key]!r}, this run has {now!r}")
+    saved_tok, tok = meta.get("tokenizer", {}), tokenizer_of(manifests)
+    if saved_tok.get("sha256") and tok.get("sha256") and saved_tok["sha256"] != tok["sha256"]:
+        problems.append(
+            f"tokenizer changed: checkpoint was trained with tokenizer sha256 "
+            f"{saved_tok['sha256'][:12]}..., data.paths now have {tok['sha256'][:12]}... "
+            "(token ids would mean different text)"
+        )
+    if not weights_only:
+        problems += _data_changes(meta.get("data", []), data_fingerprint(cfg, manifests))
+    if problems:
+        hint = (
+            "Fix the config to match the checkpoint"
+            + (
+                ""
+                if weights_only
+                else ", or start fresh training from its weights "
+                "with checkpoint.weights_only=true (when only the data changed)"
+            )
+            + ", or choose another run.dir / checkpoint.resume=never."
+        )
+        raise CheckpointError(
+            f"checkpoint {ckpt_dir} does not match this run:\n  - "
+            + "\n  - ".join(problems)
+            + f"\n{hint}"
+        )
+
+
+def _data_changes(saved: list[dict], now: list[dict]) -> list[str]:
+    problems = []
+    if len(saved) != len(now):
+        return [f"data.paths: checkpoint used {len(saved)} directories, this run has {len(now)}"]
+    for i, (old, new) in enumerate(zip(saved, now, strict=True)):
+        if old.get("sha256") and new.get("sha256") and old["sha256"] != new["sha256"]:
+            problems.append(
+                f"data.paths[{i}] ({new['path']}): manifest.json sha256 changed "
+                f"({old['sha256'][:12]}... -> {new['sha256'][:12]}...); the dataset was rebuilt "
+                "or replaced, so resuming would silently change the data order"
+            )
+    return problems

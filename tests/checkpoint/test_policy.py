@@ -1,0 +1,107 @@
+"""When checkpoints are taken: step interval, wall-clock interval, force, end of training."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from pretrain import checkpoint
+from pretrain.ckpt_meta import CheckpointError
+from pretrain.config import PretrainConfig
+from pretrain.state import TrainState
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def perf_counter(self) -> float:
+        return time.perf_counter()
+
+
+@pytest.fixture
+def ctx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
+    clock = _Clock()
+    monkeypatch.setattr(checkpoint, "time", clock)
+    context = SimpleNamespace(
+        cfg=PretrainConfig(),
+        state=TrainState(),
+        run_dir=tmp_path,
+        data_manifests=[],
+        saved=[],
+        clock=clock,
+    )
+
+    def fake_save(c: SimpleNamespace) -> Path:
+        c.saved.append(c.state.step)
+        saver = checkpoint._saver(c)
+        saver.last_saved_step, saver.last_save_time = c.state.step, clock.now
+        return tmp_path
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", fake_save)
+    return context
+
+
+def _steps(ctx: SimpleNamespace, count: int, minutes_per_step: float = 0.0) -> None:
+    for _ in range(count):
+        ctx.state.step += 1
+        ctx.clock.now += minutes_per_step * 60
+        checkpoint.maybe_save(ctx)
+
+
+def test_step_interval_and_end(ctx: SimpleNamespace) -> None:
+    ctx.cfg.checkpoint.save_interval = 3
+    _steps(ctx, 7)
+    assert ctx.saved == [3, 6]
+    checkpoint.finalize(ctx)  # save_at_end: step 7 not saved yet
+    assert ctx.saved == [3, 6, 7]
+    checkpoint.finalize(ctx)  # nothing new to save
+    assert ctx.saved == [3, 6, 7]
+
+
+def test_wall_clock_interval(ctx: SimpleNamespace) -> None:
+    ctx.cfg.checkpoint.save_interval_minutes = 10.0
+    checkpoint._saver(ctx).last_save_time = ctx.clock.now
+    _steps(ctx, 9, minutes_per_step=4.0)  # due after 12, 24, 36 minutes
+    assert ctx.saved == [3, 6, 9]
+
+
+def test_force_and_no_double_save(ctx: SimpleNamespace) -> None:
+    ctx.cfg.checkpoint.save_interval = 2
+    ctx.cfg.checkpoint.save_at_end = False
+    _steps(ctx, 2)
+    assert checkpoint.maybe_save(ctx, force=True) is False  # step 2 is already saved
+    _steps(ctx, 1)
+    assert checkpoint.maybe_save(ctx, force=True) is True
+    checkpoint.finalize(ctx)
+    assert ctx.saved == [2, 3]
+
+
+def test_choose_checkpoint(ctx: SimpleNamespace, tmp_path: Path) -> None:
+    assert checkpoint.choose_checkpoint(ctx) == (None, False)
+    ctx.cfg.checkpoint.resume = "sometimes"
+    with pytest.raises(CheckpointError, match="checkpoint.resume='sometimes'"):
+        checkpoint.choose_checkpoint(ctx)
+    ctx.cfg.checkpoint.resume = "auto"
+    ctx.cfg.checkpoint.load = str(tmp_path / "missing")
+    with pytest.raises(CheckpointError, match="no complete checkpoint"):
+        checkpoint.choose_checkpoint(ctx)
+    other = tmp_path / "other" / "iter_0000005"
+    other.mkdir(parents=True)
+    (other / "metadata.json").write_text("{}")
+    (other / "meta.json").write_text("{}")
+    ctx.cfg.checkpoint.load, ctx.cfg.checkpoint.weights_only = str(other.parent), True
+    assert checkpoint.choose_checkpoint(ctx) == (other, True)
+    own = tmp_path / "iter_0000002"  # the run's own checkpoint wins over checkpoint.load
+    own.mkdir()
+    (own / "metadata.json").write_text("{}")
+    (own / "meta.json").write_text("{}")
+    assert checkpoint.choose_checkpoint(ctx) == (own, False)
+    ctx.cfg.checkpoint.resume = "never"
+    assert checkpoint.choose_checkpoint(ctx) == (other, True)
