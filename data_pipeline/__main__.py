@@ -13,11 +13,13 @@ from data_pipeline.config import PrepareConfig, register_configs
 from data_pipeline.errors import ConfigError, DataError, OutputError
 
 register_configs()
+_STATE = {"composed": False}
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="prepare")
 def main(dict_cfg: DictConfig) -> None:
     """Compose conf/prepare.yaml + overrides into a PrepareConfig and run the job."""
+    _STATE["composed"] = True
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
@@ -37,7 +39,23 @@ def main(dict_cfg: DictConfig) -> None:
     except (ConfigError, DataError, OutputError) as e:
         logging.getLogger("data_pipeline").error("%s: %s", type(e).__name__, e)
         sys.exit(1 if isinstance(e, DataError) else 2)
+    except KeyboardInterrupt:
+        logging.getLogger("data_pipeline").error(
+            "interrupted: no manifest.json was written, finished shards are kept; rerun the "
+            "same command to resume"
+        )
+        sys.exit(130)
+
+
+def cli() -> None:
+    """main(), with Hydra's own override errors (unknown key, wrong type) exiting 2 like ours."""
+    try:
+        main()
+    except SystemExit as e:
+        if e.code == 1 and not _STATE["composed"]:
+            raise SystemExit(2) from None
+        raise
 
 
 if __name__ == "__main__":
-    main()
+    cli()

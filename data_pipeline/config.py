@@ -33,7 +33,9 @@ class InputConfig:
     """auto | jsonl | parquet | text | hf. `auto` decides per file from its suffix
     (.jsonl/.json/.ndjson[.gz|.zst], .parquet, anything else is text)."""
     text_key: str = "text"
-    """Field holding the document text in JSONL objects, parquet columns and HF datasets."""
+    """Field holding the document text in JSONL objects, parquet columns and HF datasets. A
+    dotted key reads a nested field (`meta.text`: JSONL {"meta": {"text": ...}}, or field `text`
+    of a struct column `meta`); a JSONL key literally named `meta.text` wins."""
     text_unit: str = "file"
     """For text files: `file` (a whole file is one document) or `line` (one document per line)."""
     include: list[str] = field(default_factory=lambda: ["*"])
@@ -64,7 +66,7 @@ class TokenizerConfig:
     seed: int = 1234
     """Seed of the training sample selection."""
     character_coverage: float = 0.9995
-    """SentencePiece character_coverage; rarer characters fall back to bytes."""
+    """SentencePiece character_coverage in [0.98, 1.0]; rarer characters fall back to bytes."""
     train_threads: int = 1
     """Threads used by SentencePiece training. The model depends on it, so it is fixed rather
     than taken from the machine; keep it equal across runs for identical models."""
@@ -84,9 +86,11 @@ class OutputConfig:
     dir: str = ""
     """Output directory. Empty: checkpoints/data/<input.name> under the repository."""
     num_shards: int = 0
-    """Number of shard pairs shard_NNNNN.bin/.idx. 0: one per `shard_input_mb` of input."""
+    """Number of shard pairs shard_NNNNN.bin/.idx. 0: one per `shard_input_mb` of input. Shards
+    that receive no document are left out of the manifest (numbers are not reused)."""
     shard_input_mb: float = 64.0
-    """With num_shards=0: input megabytes per shard."""
+    """With num_shards=0: input megabytes (on disk) per shard. For ~T tokens per shard use
+    T * bytes_per_token / 1e6 (bytes_per_token from `python -m data_pipeline.inspect`)."""
     overwrite: bool = False
     """Delete the shards, tokenizer and manifest already in `dir` instead of refusing to mix."""
 
@@ -173,6 +177,9 @@ def validate(cfg: PrepareConfig) -> None:
         _check(tok.vocab_size >= 300, "tokenizer.vocab_size", tok.vocab_size, "must be >= 300")
         _check(tok.sample_bytes > 0, "tokenizer.sample_bytes", tok.sample_bytes, "must be > 0")
         _check(tok.train_threads >= 1, "tokenizer.train_threads", tok.train_threads, "must be >= 1")
+        coverage = tok.character_coverage
+        why = "SentencePiece needs 0.98 <= coverage <= 1.0 (0.9995 is Llama's)"
+        _check(0.98 <= coverage <= 1.0, "tokenizer.character_coverage", coverage, why)
     elif not Path(tok.model).expanduser().is_file():
         raise ConfigError(
             f"tokenizer.model={tok.model!r}: no such file. Give the path of a SentencePiece "
@@ -187,6 +194,12 @@ def validate(cfg: PrepareConfig) -> None:
     index, count = cfg.slice.resolved()
     _check(count >= 1, "slice.count", count, "must be >= 1 (or set SLURM_ARRAY_TASK_COUNT)")
     _check(0 <= index < count, "slice.index", index, f"must be in [0, slice.count={count})")
+    if out.overwrite and count > 1 and cfg.stage == "all":
+        raise ConfigError(
+            f"output.overwrite=true with slice.count={count}: every array task would delete the "
+            "shards of the others. Clear the dir once before the array (e.g. the stage=tokenizer "
+            "step with output.overwrite=true) and run the tasks without it."
+        )
 
 
 def register_configs() -> None:

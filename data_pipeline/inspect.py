@@ -27,7 +27,10 @@ def shard_lengths(out_dir: Path, manifest: dict[str, Any]) -> np.ndarray:
     dataset_cls = indexed_dataset().IndexedDataset
     parts = []
     for shard in manifest["shards"]:
-        dataset = dataset_cls(str(out_dir / shard["prefix"]), mmap=True)
+        try:
+            dataset = dataset_cls(str(out_dir / shard["prefix"]), mmap=True)
+        except Exception as e:  # megatron raises assorted errors on a damaged .idx
+            raise OutputError(f"{shard['prefix']}: cannot be read ({type(e).__name__}: {e})") from e
         # copy while `dataset` is alive: its __del__ unmaps the memory the view points into
         parts.append(np.array(dataset.sequence_lengths, dtype=np.int64))
         del dataset
@@ -93,7 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     except OutputError as e:
         log.error("%s", e)
         return 1
-    stats = statistics(out_dir, manifest) if not problems else {}
+    try:
+        stats = statistics(out_dir, manifest) if not problems else {}
+    except Exception as e:  # damaged files read with --no-verify: name them, no traceback
+        log.error("cannot read %s: %s; run without --no-verify to check it", out_dir, str(e))
+        return 1
     if args.json:
         print(json.dumps({"ok": not problems, "problems": problems, **stats}))
         return 1 if problems else 0

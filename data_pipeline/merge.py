@@ -100,12 +100,19 @@ def merge(dirs: list[Path], out: Path, num_shards: int = 1, verify: bool = True)
     out = out.resolve()
     if out in dirs:
         raise OutputError(f"--out {out} is one of the inputs; merge into a new directory")
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file, not a directory; give a new directory path")
+    if len(set(dirs)) < len(dirs):
+        log.warning("a directory is given twice: its documents will appear twice in %s", out)
     if num_shards < 1:
         raise OutputError(f"--num-shards={num_shards} must be >= 1")
     manifests = _load_inputs(dirs, verify)
     if out.exists() and any(out.glob("shard_*")):
         raise OutputError(f"--out {out} already holds shards; choose an empty directory")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"--out {out} cannot be created ({e.strerror or e})") from e
     (out / MANIFEST).unlink(missing_ok=True)
     first = manifests[0]
     shutil.copyfile(dirs[0] / first["tokenizer"]["path"], out / "tokenizer.model")

@@ -35,9 +35,12 @@ TOKENIZER = "tokenizer.model"
 TRAIN_RECORD = "tokenizer.train.json"
 
 
-def _clear_outputs(out: Path) -> None:
+def _clear_outputs(out: Path, model: str | None) -> None:
+    """Delete our files in `out`, except the given model (tokenizer.model=OUT/tokenizer.model)."""
+    keep = Path(model).expanduser().resolve() if model else None
     patterns = [MANIFEST, TOKENIZER, TRAIN_RECORD, "shard_*", ".shard_*", f".{MANIFEST}.tmp-*"]
-    removed = [p for pattern in patterns for p in out.glob(pattern) if p.is_file()]
+    found = [p for pattern in patterns for p in out.glob(pattern) if p.is_file()]
+    removed = [p for p in found if p.resolve() != keep]
     for path in removed:
         path.unlink()
     log.info("output.overwrite=true: removed %d files from %s", len(removed), out)
@@ -144,12 +147,32 @@ def ensure_tokenizer(cfg: PrepareConfig, sources: list[Source], out: Path) -> Pa
     return target
 
 
-def _remove_stale(out: Path, plans: list[ShardPlan]) -> None:
+def _remove_stale(out: Path, plans: list[ShardPlan], records: list[dict]) -> None:
+    """Delete shard files of other plans, and data files of shards that are empty in this one
+    (left by an earlier run with other inputs): only manifest shards may look like data."""
     keep = {p.prefix for p in plans}
+    empty = {r["prefix"] for r in records if r["num_docs"] == 0}
     for path in sorted(out.glob("shard_*")):
-        if path.name.split(".")[0] not in keep:
+        prefix = path.name.split(".")[0]
+        if prefix not in keep or (prefix in empty and path.suffix in (".bin", ".idx")):
             log.info("removing %s (not part of this plan)", path.name)
             path.unlink()
+
+
+def _make_output_dir(out: Path) -> None:
+    """Create output.dir and check that it is writable (OutputError naming the key otherwise)."""
+    probe = out / f".write-test.{tk.tmp_suffix()}"
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output.dir={str(out)!r} is a file, not a directory: give a dir path")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise OutputError(
+            f"output.dir={str(out)!r} cannot be used ({e.strerror or e}): give a writable "
+            "directory path (it is created if missing)."
+        ) from e
 
 
 def _build_all(mine: list[ShardPlan], ctx: ShardContext, encoder: str, cfg: PrepareConfig):
@@ -243,10 +266,10 @@ def run_prepare(cfg: PrepareConfig) -> Path:
     started = time.perf_counter()
     validate(cfg)
     out = cfg.output_dir()
-    out.mkdir(parents=True, exist_ok=True)
+    _make_output_dir(out)
     if cfg.output.overwrite and cfg.stage != "finalize":
-        _clear_outputs(out)
-    sources = list_sources(cfg.input)
+        _clear_outputs(out, cfg.tokenizer.model)
+    sources = list_sources(cfg.input, out)
     log.info("%d inputs, %.1f MB, in %s", len(sources), sum(s.size for s in sources) / 1e6, out)
     model_path = ensure_tokenizer(cfg, sources, out)
     tokenizer_s = time.perf_counter() - started
@@ -280,7 +303,7 @@ def run_prepare(cfg: PrepareConfig) -> Path:
         )
         return out
     ordered = _all_records(plans, records, ctx)
-    _remove_stale(out, plans)
+    _remove_stale(out, plans, ordered)
     timings = {
         "total_s": round(time.perf_counter() - started, 3),
         "tokenizer_s": round(tokenizer_s, 3),

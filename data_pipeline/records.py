@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from data_pipeline.sources import MISSING, Unreadable
+from data_pipeline.fields import MISSING, lookup
+from data_pipeline.sources import Unreadable
 
 REASONS = (
     "invalid_utf8",
@@ -75,7 +76,7 @@ def parse_record(kind: str, payload: Any, text_key: str) -> tuple[str | None, st
             return None, "malformed_json"
         if not isinstance(obj, dict):
             return None, "malformed_json"
-        return _from_value(obj.get(text_key, MISSING), text_key)
+        return _from_value(lookup(obj, text_key), text_key)
     if kind == "line" and payload.endswith(b"\n"):
         payload = payload[:-2] if payload.endswith(b"\r\n") else payload[:-1]
     return _from_value(payload, text_key)

@@ -10,23 +10,28 @@ import fnmatch
 import glob
 import gzip
 import io
+import logging
 import os
-import socket
 import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from data_pipeline.config import InputConfig
 from data_pipeline.errors import ConfigError
+from data_pipeline.fields import lookup, text_column
+from data_pipeline.hf import check_hub_reachable, is_saved_hf_dataset, open_hf_dataset
+
+log = logging.getLogger(__name__)
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 COMPRESSIONS = {".gz": "gz", ".zst": "zst", ".zstd": "zst"}
 HF_PREFIX = "hf:"
-MISSING = object()
-"""Payload of a table row whose text column does not exist."""
+UNSUPPORTED = (".bz2", ".xz", ".lzma", ".lz4", ".zip", ".tar", ".tgz", ".7z", ".rar", ".br")
+"""Suffixes of compressed files and archives that would otherwise be read as binary text."""
+BOM = b"\xef\xbb\xbf"
+"""UTF-8 byte order mark: dropped at the start of a file (editors on Windows write it)."""
 
 
 @dataclass(frozen=True)
@@ -67,34 +72,16 @@ class Source:
         return self.path if number is None else f"{self.path}:{number}"
 
 
-def _is_truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def check_hub_reachable(name: str) -> None:
-    """Fail fast (never hang) when a hub dataset cannot be downloaded."""
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-        if _is_truthy(os.environ.get(var)):
-            raise ConfigError(
-                f"input.paths: {name!r} is a Hugging Face hub dataset but {var}=1 (offline). "
-                "Download it where there is network (datasets.load_dataset(...).save_to_disk(DIR)) "
-                "and pass input.paths=[DIR], or unset the offline variables."
-            )
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    host, port = endpoint.hostname or "", endpoint.port or 443
-    try:
-        socket.create_connection((host, port), timeout=3).close()
-    except OSError as e:
-        raise ConfigError(
-            f"input.paths: {name!r} is a Hugging Face hub dataset but {host}:{port} cannot be "
-            f"reached ({e}). Save it to disk where there is network and pass the local dir."
-        ) from e
-
-
 def _file_kind(path: Path, fmt: str) -> tuple[str, str | None]:
-    suffixes = path.suffixes
+    suffixes = [s.lower() for s in path.suffixes]  # DATA.JSONL.GZ too
     compression = COMPRESSIONS.get(suffixes[-1]) if suffixes else None
-    inner = suffixes[-2] if compression and len(suffixes) >= 2 else path.suffix
+    inner = suffixes[-2] if compression and len(suffixes) >= 2 else path.suffix.lower()
+    if bad := {inner, suffixes[-1] if suffixes else ""} & set(UNSUPPORTED):  # .tar.gz too
+        raise ConfigError(
+            f"input.paths: {path} is a {bad.pop()} archive/compressed file, which is not read "
+            "(only .gz and .zst streams are). Decompress or recompress it with gzip or zstd, or "
+            f"leave it out of a listed folder with input.exclude=['*{path.suffix}']."
+        )
     if fmt != "auto":
         return fmt, compression
     if inner in JSONL_SUFFIXES:
@@ -104,13 +91,9 @@ def _file_kind(path: Path, fmt: str) -> tuple[str, str | None]:
     return "text", compression
 
 
-def _is_saved_hf_dataset(path: Path) -> bool:
-    names = ("dataset_info.json", "state.json", "dataset_dict.json")
-    return path.is_dir() and any((path / n).is_file() for n in names)
-
-
 def _walk(root: Path, inp: InputConfig) -> list[Path]:
-    """Files under `root` kept by input.include/exclude, sorted by relative path."""
+    """Files under `root` kept by input.include/exclude, sorted by relative path. Hidden files
+    and folders (.git/, .DS_Store, our own .tmp files) are skipped, like `ls` and globs do."""
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         rel_dir = os.path.relpath(dirpath, root)
@@ -119,10 +102,13 @@ def _walk(root: Path, inp: InputConfig) -> list[Path]:
         dirnames[:] = [
             d
             for d in dirnames
-            if not any(fnmatch.fnmatch(f"{rel_dir}{d}/", g) for g in inp.exclude)
+            if not d.startswith(".")
+            and not any(fnmatch.fnmatch(f"{rel_dir}{d}/", g) for g in inp.exclude)
         ]
         for name in filenames:
             rel = rel_dir + name
+            if name.startswith("."):
+                continue
             if not any(fnmatch.fnmatch(name, g) or fnmatch.fnmatch(rel, g) for g in inp.include):
                 continue
             if any(fnmatch.fnmatch(rel, g) for g in inp.exclude):
@@ -136,7 +122,7 @@ def _expand_path(entry: str, inp: InputConfig) -> list[Path]:
     if entry == "stdlib:":
         entry = sysconfig.get_paths()["stdlib"]
     path = Path(entry).expanduser()
-    if any(ch in entry for ch in "*?["):
+    if any(ch in entry for ch in "*?[") and not path.exists():  # `a[1].jsonl` may be a name
         found = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
         if not found:
             raise ConfigError(f"input.paths: the glob {entry!r} matches no file")
@@ -156,6 +142,7 @@ def _expand_path(entry: str, inp: InputConfig) -> list[Path]:
 
 def _hf_source(entry: str, inp: InputConfig) -> Source:
     ds = open_hf_dataset(entry, inp.hf_split)
+    text_column(ds.data.schema, inp.text_key, f"{entry} (split {inp.hf_split})")
     size = sum(os.path.getsize(f["filename"]) for f in ds.cache_files) or int(ds.data.nbytes)
     return Source(path=entry, kind="hf", size=max(size, 1), rows=len(ds))
 
@@ -167,55 +154,81 @@ def _file_source(path: Path, inp: InputConfig) -> Source:
         import pyarrow.parquet as pq
 
         try:
-            rows = pq.ParquetFile(path).metadata.num_rows
+            pf = pq.ParquetFile(path)
         except (OSError, ValueError) as e:
             raise ConfigError(f"input.paths: {path} is not a readable parquet file ({e})") from e
+        rows = pf.metadata.num_rows
+        text_column(pf.schema_arrow, inp.text_key, str(path))
     line_records = kind == "jsonl" or (kind == "text" and inp.text_unit == "line")
-    return Source(str(path.resolve()), kind, path.stat().st_size, compression, line_records, rows)
+    src = Source(str(path.resolve()), kind, path.stat().st_size, compression, line_records, rows)
+    if kind == "jsonl":
+        _check_not_json_array(src)
+    return src
 
 
-def list_sources(inp: InputConfig) -> list[Source]:
-    """All inputs in a deterministic order (paths in the given order, folders sorted)."""
+def _check_not_json_array(src: Source) -> None:
+    """ConfigError for a `[...]` JSON document given as JSON Lines (every line would be bad)."""
+    try:
+        with _open_binary(src) as f:
+            head = f.read(4096).removeprefix(BOM).lstrip()
+    except Exception:  # a corrupt stream is reported per record (unreadable_file) when read
+        return
+    what = "a JSON array" if head.startswith(b"[") else None
+    if head.split(b"\n", 1)[0].strip() == b"{":
+        what = "a pretty-printed JSON object spread over several lines"
+    if what:
+        raise ConfigError(
+            f"input.paths: {src.path} holds {what}, not JSON Lines (one object per line). "
+            f"Convert it, e.g. `jq -c '.[]' {src.path} > data.jsonl` (`jq -c .` for an "
+            "object), and pass that file."
+        )
+
+
+OUTPUT_FILES = ("manifest.json", "tokenizer.model", "tokenizer.train.json", "shard_*")
+"""Names of the files the job writes into output.dir (see prepare.py)."""
+
+
+def _is_our_output(path: Path, output_dir: Path | None) -> bool:
+    return path.parent == output_dir and any(fnmatch.fnmatch(path.name, g) for g in OUTPUT_FILES)
+
+
+def list_sources(inp: InputConfig, output_dir: Path | None = None) -> list[Source]:
+    """All inputs in a deterministic order (paths in the given order, folders sorted).
+
+    The files this job writes into `output_dir` (placed in an input folder) are never inputs.
+    """
     sources: list[Source] = []
     seen: set[str] = set()
+    ours = 0
     for entry in inp.paths:
         local = Path(entry).expanduser()
         if entry.startswith(HF_PREFIX) or inp.format == "hf":
             name = entry.removeprefix(HF_PREFIX)
             if Path(name).expanduser().exists():
                 name = str(Path(name).expanduser().resolve())
+            elif name.startswith(("/", "./", "../", "~")):  # a path, never a hub name
+                raise ConfigError(f"input.paths: {entry!r} does not exist (cwd {os.getcwd()})")
             else:
                 check_hub_reachable(name)
             sources.append(_hf_source(name, inp))
             continue
-        if inp.format in ("auto", "hf") and _is_saved_hf_dataset(local):
+        if inp.format in ("auto", "hf") and is_saved_hf_dataset(local):
             sources.append(_hf_source(str(local.resolve()), inp))
             continue
         for path in _expand_path(entry, inp):
             key = str(path.resolve())
-            if key not in seen:
+            if _is_our_output(Path(key), output_dir):
+                ours += 1
+            elif key in seen:
+                log.warning("input.paths: %s is listed twice (or via a link); read once", path)
+            else:
                 seen.add(key)
                 sources.append(_file_source(path, inp))
+    if ours:
+        log.warning(
+            "input.paths: %d files written by this job in %s are not read", ours, output_dir
+        )
     return sources
-
-
-def open_hf_dataset(name: str, split: str) -> Any:
-    """A map-style `datasets.Dataset` from a save_to_disk dir, a local data dir or a hub name."""
-    import datasets
-
-    try:
-        if _is_saved_hf_dataset(Path(name)):
-            ds = datasets.load_from_disk(name)
-            if isinstance(ds, datasets.DatasetDict):
-                if split not in ds:
-                    raise ConfigError(f"input.hf_split={split!r}: {name} has splits {list(ds)}")
-                ds = ds[split]
-            return ds
-        return datasets.load_dataset(name, split=split)
-    except ConfigError:
-        raise
-    except Exception as e:  # datasets raises many types; add the key and re-raise
-        raise ConfigError(f"input.paths: cannot open Hugging Face dataset {name!r}: {e}") from e
 
 
 def _zst_blocks(path: str) -> Iterator[bytes]:
@@ -287,7 +300,7 @@ def _iter_lines(src: Source, start: int, end: int) -> Iterator[tuple[int, bytes]
     if not src.splittable:
         with _open_binary(src) as f:
             for number, line in enumerate(f, 1):
-                yield number, line
+                yield number, line.removeprefix(BOM) if number == 1 else line
         return
     with open(src.path, "rb") as f:
         if start > 0:
@@ -300,7 +313,7 @@ def _iter_lines(src: Source, start: int, end: int) -> Iterator[tuple[int, bytes]
             line = f.readline()
             if not line:
                 break
-            yield number, line
+            yield number, line.removeprefix(BOM) if pos == 0 else line
             pos += len(line)
             number += 1
 
@@ -315,29 +328,30 @@ def _iter_parquet(src: Source, key: str, start: int, end: int) -> Iterator[tuple
 
     first, last = _row_range(src, start, end)
     pf = pq.ParquetFile(src.path)
-    has_key = key in pf.schema_arrow.names
+    column, path = text_column(pf.schema_arrow, key, src.path)
     offset = 0
     for group in range(pf.metadata.num_row_groups):
         n = pf.metadata.row_group(group).num_rows
         lo, hi = max(first, offset), min(last, offset + n)
         if lo < hi:
-            values = (
-                pf.read_row_group(group, columns=[key]).column(0).to_pylist() if has_key else None
-            )
+            values = pf.read_row_group(group, columns=[column]).column(0).to_pylist()
             for row in range(lo, hi):
-                yield row + 1, values[row - offset] if values is not None else MISSING
+                yield row + 1, _dig(values[row - offset], path)
         offset += n
+
+
+def _dig(value: Any, path: str | None) -> Any:
+    return value if path is None else lookup(value, path)
 
 
 def _iter_hf(src: Source, key: str, split: str, start: int, end: int) -> Iterator[tuple[int, Any]]:
     ds = open_hf_dataset(src.path, split)
     first, last = _row_range(src, start, end)
-    has_key = key in ds.column_names
+    column, path = text_column(ds.data.schema, key, src.path)
     for lo in range(first, last, 1000):
         hi = min(lo + 1000, last)
-        values = ds[lo:hi][key] if has_key else [MISSING] * (hi - lo)
-        for i, value in enumerate(values):
-            yield lo + i + 1, value
+        for i, value in enumerate(ds[lo:hi][column]):
+            yield lo + i + 1, _dig(value, path)
 
 
 @dataclass(frozen=True)
@@ -358,7 +372,7 @@ def _records(
         yield from _iter_lines(src, start, end)
     elif start == 0:
         with _open_binary(src) as f:
-            yield None, f.read()
+            yield None, f.read().removeprefix(BOM)
 
 
 def iter_records(

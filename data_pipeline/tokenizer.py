@@ -6,6 +6,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 import socket
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -38,11 +39,15 @@ def tmp_suffix() -> str:
 def write_atomic(path: Path, data: bytes) -> None:
     """Write `data` to a temporary name next to `path`, fsync, then rename over `path`."""
     tmp = path.with_name(f".{path.name}.{tmp_suffix()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # disk full, Ctrl-C: leave no temporary file behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _chunks(texts: Iterable[str]) -> Iterator[str]:
@@ -94,12 +99,33 @@ def train_model(cfg: TokenizerConfig, texts: Iterable[str]) -> bytes:
             sentence_iterator=_chunks(texts), model_writer=model, **train_options(cfg)
         )
     except RuntimeError as e:
-        raise ConfigError(
-            f"tokenizer training failed ({e}). Adjust tokenizer.vocab_size={cfg.vocab_size} "
-            "(SentencePiece's message says in which direction), tokenizer.character_coverage="
-            f"{cfg.character_coverage} or tokenizer.sample_bytes={cfg.sample_bytes}."
-        ) from e
+        raise ConfigError(_training_error(cfg, str(e))) from e
     return model.getvalue()
+
+
+def _training_error(cfg: TokenizerConfig, message: str) -> str:
+    """SentencePiece's training error, translated into the keys to change."""
+    found = re.search(
+        r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)", message
+    )
+    if found:
+        return (
+            f"tokenizer.vocab_size={cfg.vocab_size} is too large for this corpus: SentencePiece "
+            f"can make at most {found.group(2)} pieces from the training sample. Set "
+            f"tokenizer.vocab_size={found.group(2)} or lower, or give more text (more input, "
+            f"or a larger tokenizer.sample_bytes={cfg.sample_bytes})."
+        )
+    if "sentences_.empty()" in message:
+        return (
+            "tokenizer training found no usable document in the input (every record was skipped "
+            "or empty): check input.paths, input.format and input.text_key, or give an existing "
+            "model with tokenizer.model=PATH."
+        )
+    return (
+        f"tokenizer training failed ({message}). Adjust tokenizer.vocab_size={cfg.vocab_size}, "
+        f"tokenizer.character_coverage={cfg.character_coverage} or "
+        f"tokenizer.sample_bytes={cfg.sample_bytes}."
+    )
 
 
 def load_processor(path: str | Path) -> Any:

@@ -63,6 +63,9 @@ def test_slice_index_out_of_range(tmp_path, corpus_jsonl, sp_model):
     cfg.slice = SliceConfig(index=2, count=2)
     with pytest.raises(ConfigError, match=r"slice.index=2: must be in \[0, slice.count=2\)"):
         run_prepare(cfg)
+    cfg.slice, cfg.output.overwrite = SliceConfig(index=1, count=2), True
+    with pytest.raises(ConfigError, match=r"overwrite=true with slice.count=2: every array task"):
+        run_prepare(cfg)
 
 
 def test_tokenizer_training_is_deterministic_and_llama_style(tmp_path, corpus_jsonl, texts):
