@@ -8,11 +8,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 RUN=${DEMO_RUN:-demo}
-STEPS=${DEMO_STEPS:-200}
+STEPS=${DEMO_STEPS:-600}
 HALF=$((STEPS / 2))
 DATA=checkpoints/data/stdlib_code
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} WANDB_MODE=${WANDB_MODE:-offline}
 export HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1
+# megatron-core and torch print deprecation notices that say nothing about this run.
+export PYTHONWARNINGS=${PYTHONWARNINGS:-ignore::UserWarning,ignore::FutureWarning,ignore::DeprecationWarning}
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
