@@ -60,17 +60,6 @@ def _barrier() -> None:
         torch.distributed.barrier()
 
 
-def _any_rank(flag: bool) -> bool:
-    """True on every rank when `flag` is True on some rank (a MAX all-reduce)."""
-    if not torch.distributed.is_initialized():
-        return flag
-    tensor = torch.tensor([int(flag)], dtype=torch.int32)
-    if torch.cuda.is_available():
-        tensor = tensor.cuda()
-    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
-    return bool(tensor.item())
-
-
 def current_layout(ctx: Any) -> dict[str, Any]:
     """The parallel layout this process group runs at (recorded in meta.json)."""
     from megatron.core import parallel_state as ps
@@ -94,6 +83,18 @@ def _tokenizer_vocab(ctx: Any) -> int | None:
 # ---- loading -------------------------------------------------------------------------------
 
 
+def check_options(cfg: Any) -> None:
+    """ConfigError for checkpoint.* values that make no sense (before any training step)."""
+    if cfg.resume not in _RESUME_CHOICES:
+        raise CheckpointError(f"checkpoint.resume={cfg.resume!r}: choose one of {_RESUME_CHOICES}")
+    for key in ("save_interval", "save_interval_minutes", "keep_last"):
+        if getattr(cfg, key) < 0:
+            raise CheckpointError(
+                f"checkpoint.{key}={getattr(cfg, key)} is negative; use 0 to turn it off "
+                "(keep_last=0 keeps all checkpoints)"
+            )
+
+
 def choose_checkpoint(ctx: Any) -> tuple[Path | None, bool]:
     """Which checkpoint to start from, and whether to take only its weights.
 
@@ -101,8 +102,7 @@ def choose_checkpoint(ctx: Any) -> tuple[Path | None, bool]:
     preempted and requeued job resumes itself even when its command line has checkpoint.load.
     """
     cfg = ctx.cfg.checkpoint
-    if cfg.resume not in _RESUME_CHOICES:
-        raise CheckpointError(f"checkpoint.resume={cfg.resume!r}: choose one of {_RESUME_CHOICES}")
+    check_options(cfg)
     if cfg.resume == "auto":
         own = layout.read_latest(Path(ctx.run_dir))
         if own is not None:
@@ -147,6 +147,8 @@ def load_checkpoint(ctx: Any, path: Path, weights_only: bool = False) -> dict[st
         meta, path, ctx.cfg, ctx.data_manifests, _tokenizer_vocab(ctx), weights_only
     )
     ckpt_safety.check_checkpoint_files(path)
+    for note in [] if weights_only else ckpt_meta.resume_changes(meta, ctx.cfg):
+        log.warning("resuming %s with a changed config: %s", path, note)
     same_layout = _same_layout(meta.get("layout", {}), current_layout(ctx))
     if not weights_only and not same_layout:
         log.warning(
@@ -156,13 +158,19 @@ def load_checkpoint(ctx: Any, path: Path, weights_only: bool = False) -> dict[st
             _layout_str(meta.get("layout", {})),
             _layout_str(current_layout(ctx)),
         )
-    request = ckpt_state.build_load_request(ctx, weights_only, with_rng=same_layout)
+    request = ckpt_state.build_load_request(
+        ctx, weights_only, with_rng=same_layout, rng_keys=meta.get("rng_keys")
+    )
     loaded = dist_checkpointing.load(request, str(path))
     if not weights_only:
         loaded.setdefault("train_state", meta["train_state"])
+    configured = ckpt_meta.schedule_of(ctx.scheduler)
     ckpt_state.apply_loaded(ctx, loaded, weights_only)
     if not weights_only:
         _copy_state(ctx.state, loaded["train_state"])
+        restored = ckpt_meta.schedule_of(ctx.scheduler)
+        for note in ckpt_meta.schedule_changes(configured, restored):
+            log.warning("resuming %s: %s", path, note)
     log.info(
         "loaded %s%s in %.2fs (step %d, %d samples consumed)",
         path,
@@ -209,7 +217,7 @@ def maybe_save(ctx: Any, force: bool = False) -> bool:
     due = force or (cfg.save_interval > 0 and step % cfg.save_interval == 0)
     if not due and cfg.save_interval_minutes > 0:
         elapsed = time.monotonic() - saver.last_save_time
-        due = _any_rank(elapsed >= cfg.save_interval_minutes * 60.0)
+        due = faults.any_rank(elapsed >= cfg.save_interval_minutes * 60.0)
     if not due or step == saver.last_saved_step:
         return False
     save_checkpoint(ctx)
@@ -248,11 +256,7 @@ def save_checkpoint(ctx: Any) -> Path:
     run_dir, step = Path(ctx.run_dir), ctx.state.step
     name = layout.iter_dir_name(step)
     tmp, final = run_dir / (name + layout.TMP_SUFFIX), run_dir / name
-    if _rank() == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        layout.remove_stale_tmp(run_dir)
-        tmp.mkdir()
-    _barrier()
+    _prepare_tmp(run_dir, tmp)
     state = ckpt_state.build_save_state(ctx)
     use_async = bool(ctx.cfg.checkpoint.async_save)
     request = dist_checkpointing.save(
@@ -280,6 +284,25 @@ def save_checkpoint(ctx: Any) -> Path:
     return final
 
 
+def _prepare_tmp(run_dir: Path, tmp: Path) -> None:
+    """Rank 0 creates the temporary directory; every rank raises the same clear error if not."""
+    error = None
+    if _rank() == 0:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            layout.remove_stale_tmp(run_dir)
+            tmp.mkdir(exist_ok=True)
+        except OSError as exc:
+            error = exc
+    if faults.any_rank(error is not None):  # collective: also the barrier before writing
+        previous = layout.read_latest(run_dir) if run_dir.is_dir() else None
+        raise CheckpointError(
+            f"cannot create checkpoint directory {tmp}: {error or 'failed on rank 0'}. "
+            "Check that run.dir is writable and its disk has space; the previous checkpoint "
+            f"({previous or 'none'}) is kept."
+        )
+
+
 CRASH_ENV = "PRETRAIN_CKPT_CRASH_AT_SAVE"
 """Testing aid: `PRETRAIN_CKPT_CRASH_AT_SAVE=K` SIGKILLs every rank during the save of step K,
 after the shards are written and before the checkpoint is committed (the worst moment)."""
@@ -301,6 +324,7 @@ def _without_rank_local_fields(common: dict[str, Any]) -> dict[str, Any]:
 
 def _write_meta_files(ctx: Any, tmp: Path) -> None:
     meta = ckpt_meta.build_meta(ctx, current_layout(ctx), _tokenizer_vocab(ctx))
+    meta["rng_keys"] = sorted(ckpt_state.capture_rng())  # e.g. `cuda` only when saved on GPU
     (tmp / layout.META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     try:
         import yaml

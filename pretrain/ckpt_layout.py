@@ -110,8 +110,12 @@ def list_complete(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: step_of(p) or 0)
 
 
-def resolve_load_path(path: Path) -> Path:
-    """Accept a checkpoint directory, a run directory or its `latest` file; error otherwise."""
+def resolve_load_path(path: Path, key: str = "checkpoint.load") -> Path:
+    """Accept a checkpoint directory, a run directory or its `latest` file; error otherwise.
+
+    `key` is the config key named in the error (`checkpoint.load`, or `checkpoint` for export).
+    """
+    path = path.expanduser()
     if is_complete(path):
         return path
     if path.name == LATEST_FILE and path.is_file():
@@ -122,11 +126,12 @@ def resolve_load_path(path: Path) -> Path:
             return latest
     if path.name.endswith(TMP_SUFFIX) or (path.is_dir() and step_of(path) is not None):
         raise FileNotFoundError(
-            f"{path} is an incomplete checkpoint (a save was interrupted; it lacks "
+            f"{key}={path} is an incomplete checkpoint (a save was interrupted; it lacks "
             f"{MCORE_META_FILE} or {META_FILE}). Use an earlier iter_* directory."
         )
+    what = "does not exist" if not path.exists() else "has no complete checkpoint"
     raise FileNotFoundError(
-        f"checkpoint.load={path}: no complete checkpoint there (expected an iter_XXXXXXX "
+        f"{key}={path} {what} (expected an iter_XXXXXXX "
         "directory with metadata.json and meta.json, or a run directory with a `latest` file)"
     )
 

@@ -167,6 +167,13 @@ def check_compatible(
         )
     if not weights_only:
         problems += _data_changes(meta.get("data", []), data_fingerprint(cfg, manifests))
+        old_prec = meta.get("precision")
+        if old_prec and (old_prec == "fp32") != (cfg.precision == "fp32"):
+            problems.append(
+                f"precision: checkpoint has {old_prec!r}, this run has {cfg.precision!r} (the "
+                "optimizer state differs between fp32 and mixed precision; change precision "
+                "with checkpoint.weights_only=true)"
+            )
     if problems:
         hint = (
             "Fix the config to match the checkpoint"
@@ -197,3 +204,54 @@ def _data_changes(saved: list[dict], now: list[dict]) -> list[str]:
                 "or replaced, so resuming would silently change the data order"
             )
     return problems
+
+
+_DATA_ORDER_KEYS = ("global_batch_size", "seq_length")
+_SCHEDULE_ATTRS = {
+    "max_lr": "optim.lr",
+    "min_lr": "optim.min_lr",
+    "lr_warmup_steps": "optim.warmup_steps",
+    "lr_decay_steps": "optim.decay_steps (default train.max_steps)",
+    "lr_decay_style": "optim.decay_style",
+    "start_wd": "optim.weight_decay",
+}
+
+
+def schedule_of(scheduler: Any) -> dict[str, Any]:
+    """The LR/weight-decay schedule parameters of a megatron OptimizerParamScheduler."""
+    return {attr: getattr(scheduler, attr, None) for attr in _SCHEDULE_ATTRS}
+
+
+def schedule_changes(configured: dict[str, Any], restored: dict[str, Any]) -> list[str]:
+    """Schedule values of this run's config that the checkpoint's schedule overrides.
+
+    On resume the LR/weight-decay schedule is restored from the checkpoint (megatron's
+    `use_checkpoint_opt_param_scheduler`): a new `optim.lr`, or a longer `train.max_steps`
+    (the decay length), does not apply. Extending training is allowed; the LR then stays at
+    `optim.min_lr` after the checkpoint's decay length.
+    """
+    return [
+        f"{_SCHEDULE_ATTRS[attr]}: this config gives {configured[attr]!r}, the checkpoint's "
+        f"{restored[attr]!r} is used (the LR schedule continues; for a new one start a new run "
+        "with checkpoint.weights_only=true)"
+        for attr in _SCHEDULE_ATTRS
+        if configured.get(attr) != restored.get(attr)
+    ]
+
+
+def resume_changes(meta: dict[str, Any], cfg: Any) -> list[str]:
+    """Allowed but notable config differences of a resumed run (see also schedule_changes).
+
+    A new global batch size or sequence length keeps `consumed_samples`, but the samples are
+    then cut differently: the data order is no longer the uninterrupted run's.
+    """
+    saved = meta.get("config", {}).get("train", {})
+    notes = [
+        f"train.{key}: {saved[key]!r} -> {getattr(cfg.train, key)!r}: training continues after "
+        "the consumed samples, but the data order differs from an uninterrupted run"
+        for key in _DATA_ORDER_KEYS
+        if key in saved and saved[key] != getattr(cfg.train, key)
+    ]
+    if meta.get("precision") and meta["precision"] != cfg.precision:  # bf16 <-> fp16
+        notes.append(f"precision: {meta['precision']!r} -> {cfg.precision!r}")
+    return notes

@@ -20,11 +20,14 @@ spec's empty `_extra_state` entries become non-persistent `None`s.
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 from typing import Any
 
 import numpy as np
 import torch
+
+log = logging.getLogger("pretrain.checkpoint")
 
 DISTOPT_SHARDING = "fully_reshardable"
 """DistributedOptimizer checkpoint format: canonical per-parameter state (any TP/PP/DP)."""
@@ -254,14 +257,33 @@ def build_save_state(ctx: Any) -> dict[str, Any]:
     return state
 
 
-def build_load_request(ctx: Any, weights_only: bool, with_rng: bool) -> dict[str, Any]:
-    """The sharded state dict describing what to read back (tensors are filled in place)."""
+def select_rng(states: dict[str, torch.Tensor], saved: list[str] | None) -> dict[str, Any]:
+    """The RNG components to read back: those the checkpoint has (`saved`, None = all).
+
+    A checkpoint saved without CUDA has no `cuda` entry (and one saved on GPU has one that a
+    CPU run does not use): asking for a missing key would fail the whole load.
+    """
+    if saved is None:
+        return states
+    missing = sorted(set(states) - set(saved))
+    if missing:
+        log.warning("checkpoint has no RNG state for %s: those generators keep their seed", missing)
+    return {k: v for k, v in states.items() if k in saved}
+
+
+def build_load_request(
+    ctx: Any, weights_only: bool, with_rng: bool, rng_keys: list[str] | None = None
+) -> dict[str, Any]:
+    """The sharded state dict describing what to read back (tensors are filled in place).
+
+    `rng_keys`: the RNG components recorded in meta.json (None for older checkpoints = all).
+    """
     model_sd = model_sharded_state_dict(ctx.model)
     request: dict[str, Any] = dict(model_sd)
     if not weights_only:
         request["optimizer"] = optimizer_sharded_state_dict(ctx.optimizer, model_sd, True)
         if with_rng:
-            request["rng_state"] = rng_sharded_state_dict(capture_rng())
+            request["rng_state"] = rng_sharded_state_dict(select_rng(capture_rng(), rng_keys))
     return request
 
 

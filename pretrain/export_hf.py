@@ -31,6 +31,18 @@ from pretrain.config import ConfigError
 
 log = logging.getLogger(__name__)
 
+USAGE = """usage: python -m pretrain.export_hf checkpoint=PATH output=DIR [key=value ...]
+
+  checkpoint=PATH     iter_XXXXXXX directory, or a run directory (uses its `latest`); required
+  output=DIR          folder to write the Hugging Face model to; required
+  dtype=auto          auto (the training precision) | fp32 | bf16 | fp16
+  tokenizer=PATH      tokenizer.model to ship (default: the copy inside the checkpoint)
+  overwrite=false     replace an earlier export in output
+  sample_prompt="def "  greedy sample from the exported model afterwards (null = skip)
+  max_new_tokens=24   length of that sample
+
+Defaults: conf/export_hf.yaml. Documentation: docs/checkpoints.md."""
+
 CONF_FILE = Path(__file__).resolve().parents[1] / "conf" / "export_hf.yaml"
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -108,8 +120,13 @@ def load_megatron_model(ckpt_dir: Path) -> tuple[dict[str, Any], torch.nn.Module
 
 
 def megatron_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Tensor entries of a GPTModel's state dict (drops `_extra_state`)."""
-    return {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    """Tensor entries of a GPTModel's state dict, on the CPU (drops `_extra_state`).
+
+    On GPU the model lives on CUDA; the mapping builds CPU tensors (zero biases), so all
+    tensors are moved to the host first.
+    """
+    sd = model.state_dict()
+    return {k: v.detach().cpu() for k, v in sd.items() if isinstance(v, torch.Tensor)}
 
 
 def _tokenizer_source(cfg: ExportConfig, ckpt_dir: Path, meta: dict[str, Any]) -> Path:
@@ -189,15 +206,38 @@ def build_hf_model(meta: dict[str, Any], model: torch.nn.Module, special: dict, 
     return hf_model.eval(), family
 
 
+def check_output(out: Path, overwrite: bool) -> None:
+    """Refuse an output that is a file, or a non-empty folder unless it is a previous export.
+
+    `overwrite=true` replaces only a folder holding an earlier export (`export_info.json`), so
+    a mistyped `output=` never deletes unrelated files.
+    """
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ConfigError(f"output={out} is a file; choose a folder path")
+    if not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise ConfigError(
+            f"output={out} exists and is not empty; pass overwrite=true to replace it"
+        )
+    if not (out / "export_info.json").is_file():
+        raise ConfigError(
+            f"output={out} is not empty and holds no earlier export (no export_info.json): "
+            "overwrite=true only replaces a folder written by pretrain.export_hf; "
+            "choose a new folder or empty this one"
+        )
+
+
 def export(cfg: ExportConfig) -> Path:
     """Run the export; returns the output folder (written under a temporary name, then renamed)."""
     try:
-        ckpt_dir = ckpt_layout.resolve_load_path(Path(cfg.checkpoint))
+        ckpt_dir = ckpt_layout.resolve_load_path(Path(cfg.checkpoint), key="checkpoint")
     except FileNotFoundError as exc:
         raise CheckpointError(str(exc)) from exc
-    out = Path(cfg.output)
-    if out.exists() and not cfg.overwrite:
-        raise ConfigError(f"output={out} exists; pass overwrite=true to replace it")
+    out = Path(cfg.output).expanduser()
+    check_output(out, cfg.overwrite)
     start = time.perf_counter()
     meta, model = load_megatron_model(ckpt_dir)
     dtype = _DTYPES[meta["precision"] if cfg.dtype == "auto" else cfg.dtype]
@@ -219,7 +259,7 @@ def export(cfg: ExportConfig) -> Path:
     }
     (tmp / "export_info.json").write_text(json.dumps(info, indent=2) + "\n")
     if out.exists():
-        shutil.rmtree(out)
+        shutil.rmtree(out)  # an empty folder, or a previous export (see check_output)
     tmp.rename(out)
     log.info(
         "exported %s (step %d) as %s to %s in %.1fs",
@@ -248,8 +288,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m pretrain.export_hf`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("megatron").setLevel(logging.WARNING)
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(USAGE)
+        return 0
     try:
-        cfg = parse_args(sys.argv[1:] if argv is None else argv)
+        cfg = parse_args(argv)
         out = export(cfg)
     except ConfigError as exc:
         log.error("%s", exc)

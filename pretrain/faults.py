@@ -79,13 +79,7 @@ class PreemptionHandler:
 
     def should_stop(self) -> bool:
         """True on every rank when any rank received a preemption signal (a MAX all-reduce)."""
-        flag = _REQUESTED.is_set()
-        if torch.distributed.is_initialized():
-            tensor = torch.tensor([int(flag)], dtype=torch.int32)
-            if torch.cuda.is_available():
-                tensor = tensor.cuda()
-            torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
-            flag = bool(tensor.item())
+        flag = any_rank(_REQUESTED.is_set())
         if flag and not _STOPPED.is_set():
             _STOPPED.set()
             log.warning(
@@ -94,6 +88,22 @@ class PreemptionHandler:
                 EXIT_PREEMPTED,
             )
         return flag
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when `flag` is True on some rank (a MAX all-reduce; collective).
+
+    The flag tensor lives where the process group's backend can reduce it: on this rank's
+    current CUDA device for NCCL (which rejects CPU tensors), on the CPU for gloo.
+    """
+    if not torch.distributed.is_initialized():
+        return flag
+    device = torch.device("cpu")
+    if torch.distributed.get_backend() == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    tensor = torch.tensor([int(flag)], dtype=torch.int32, device=device)
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+    return bool(tensor.item())
 
 
 def signal_name() -> str:

@@ -119,6 +119,20 @@ def _meta(cfg: PretrainConfig, hf_dir: Path, layout: dict[str, Any]) -> dict[str
     }
 
 
+def _read_hf_config(hf_dir: Path, auto_config: Any) -> Any:
+    """The folder's transformers config; CheckpointError naming `hf=` when it is not a model."""
+    if not (hf_dir / "config.json").is_file():
+        what = "does not exist" if not hf_dir.exists() else "has no config.json"
+        raise CheckpointError(
+            f"hf={hf_dir} {what}: expected a local Hugging Face model folder "
+            "(config.json + model.safetensors), e.g. one saved by save_pretrained()"
+        )
+    try:
+        return auto_config.from_pretrained(str(hf_dir))
+    except (ValueError, OSError) as exc:
+        raise CheckpointError(f"hf={hf_dir}: not a transformers model folder: {exc}") from exc
+
+
 def import_llama(hf_dir: Path, output: Path) -> Path:
     """Convert `hf_dir` (LlamaForCausalLM) into `output/iter_0000000`; returns that path."""
     from megatron.core import dist_checkpointing
@@ -127,13 +141,16 @@ def import_llama(hf_dir: Path, output: Path) -> Path:
     from pretrain import parallel
     from pretrain.model import build_model
 
-    hf_config = AutoConfig.from_pretrained(str(hf_dir))
+    hf_config = _read_hf_config(hf_dir, AutoConfig)
     if hf_config.model_type != "llama":
         raise CheckpointError(f"{hf_dir}: model_type={hf_config.model_type}; only llama imports")
     cfg = PretrainConfig()
     cfg.model = model_config_from_hf(hf_config)
     cfg.data.paths = []
-    hf = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
+    except OSError as exc:  # config.json without weights, or unreadable shards
+        raise CheckpointError(f"hf={hf_dir}: cannot load the weights: {exc}") from exc
     parallel.init_distributed(cfg.parallel, seed=cfg.seed)
     vocab = cfg.model.vocab_size
     chunks = build_model(cfg.model, cfg.parallel, vocab, seq_length=cfg.train.seq_length)
@@ -174,16 +191,27 @@ def import_llama(hf_dir: Path, output: Path) -> Path:
     return final
 
 
+_USAGE = (
+    "usage: python -m pretrain.import_hf hf=HF_DIR output=OUT_DIR\n"
+    "  hf=HF_DIR      local LlamaForCausalLM folder (config.json + model.safetensors)\n"
+    "  output=OUT_DIR new folder for the model-only checkpoint (docs/checkpoints.md)"
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m pretrain.import_hf hf=DIR output=DIR`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("megatron").setLevel(logging.WARNING)
-    args = dict(a.split("=", 1) for a in (sys.argv[1:] if argv is None else argv) if "=" in a)
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(_USAGE)
+        return 0
+    args = dict(a.split("=", 1) for a in argv if "=" in a)
     from pretrain import parallel
 
     try:
-        if set(args) != {"hf", "output"}:
-            raise ConfigError("usage: python -m pretrain.import_hf hf=HF_DIR output=OUT_DIR")
+        if set(args) != {"hf", "output"} or len(args) != len(argv):
+            raise ConfigError(_USAGE)
         if Path(args["output"]).exists():
             raise ConfigError(f"output={args['output']} exists; choose a new directory")
         import_llama(Path(args["hf"]), Path(args["output"]))

@@ -101,3 +101,46 @@ def test_export_refuses_bad_arguments(tmp_path: Path) -> None:
         parse_args(["checkpoint=a", "output=b", "dtype=fp8"])
     with pytest.raises(ConfigError, match="Valid keys"):
         parse_args(["checkpoint=a", "output=b", "nope=1"])
+
+
+def test_export_output_and_help(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from pretrain.config import ConfigError
+    from pretrain.export_hf import ExportConfig, check_output, export, main
+
+    assert main(["--help"]) == 0
+    assert "checkpoint=PATH" in capsys.readouterr().out
+    cfg = ExportConfig(checkpoint=str(tmp_path / "nope"), output=str(tmp_path / "out"))
+    with pytest.raises(ConfigError, match=r"^checkpoint=\S*nope does not exist"):
+        export(cfg)
+    check_output(tmp_path / "new", overwrite=False)  # missing: fine
+    (tmp_path / "empty").mkdir()
+    check_output(tmp_path / "empty", overwrite=False)  # empty folder: fine
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        check_output(tmp_path / "file", overwrite=True)
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="not empty; pass overwrite=true"):
+        check_output(user, overwrite=False)
+    with pytest.raises(ConfigError, match="holds no earlier export"):
+        check_output(user, overwrite=True)  # never deletes unrelated files
+    (user / "export_info.json").write_text("{}")
+    check_output(user, overwrite=True)
+
+
+def test_import_refuses_non_model_folders(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from pretrain.ckpt_meta import CheckpointError
+    from pretrain.import_hf import _read_hf_config, main
+
+    assert main(["--help"]) == 0
+    assert "hf=HF_DIR" in capsys.readouterr().out
+    with pytest.raises(CheckpointError, match=r"hf=\S*nope does not exist"):
+        _read_hf_config(tmp_path / "nope", None)
+    with pytest.raises(CheckpointError, match=r"has no config.json"):
+        _read_hf_config(tmp_path, None)
+    (tmp_path / "config.json").write_text("{}")
+    from transformers import AutoConfig
+
+    with pytest.raises(CheckpointError, match="not a transformers model folder"):
+        _read_hf_config(tmp_path, AutoConfig)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -78,8 +79,14 @@ def test_resolve_load_path(tmp_path: Path) -> None:
     torn.mkdir()
     with pytest.raises(FileNotFoundError, match="incomplete checkpoint"):
         layout.resolve_load_path(torn)
-    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+    with pytest.raises(FileNotFoundError, match=r"checkpoint.load=\S*nope does not exist"):
         layout.resolve_load_path(tmp_path / "nope")
+    (tmp_path / "notckpt").mkdir()  # a folder that is no checkpoint (e.g. a typo'd parent)
+    with pytest.raises(FileNotFoundError, match=r"checkpoint=\S*notckpt has no complete"):
+        layout.resolve_load_path(tmp_path / "notckpt", key="checkpoint")
+    os.remove(two / layout.META_FILE)  # `latest` names a torn dir and nothing else is complete
+    with pytest.raises(FileNotFoundError, match="has no complete checkpoint"):
+        layout.resolve_load_path(tmp_path)
 
 
 def test_preempted_marker_cli(tmp_path: Path) -> None:

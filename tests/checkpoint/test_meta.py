@@ -111,3 +111,42 @@ def test_read_meta_rejects_unknown_version(tmp_path: Path) -> None:
     (tmp_path / "meta.json").write_text(json.dumps({"format_version": 99}))
     with pytest.raises(CheckpointError, match="format_version 99 is not supported"):
         ckpt_meta.read_meta(tmp_path)
+
+
+def test_resume_changes_are_reported_not_refused() -> None:
+    meta = _meta()
+    cfg = PretrainConfig()
+    assert ckpt_meta.resume_changes(meta, cfg) == []
+    cfg.train.max_steps, cfg.optim.lr, cfg.train.global_batch_size = 40, 1e-3, 16
+    notes = ckpt_meta.resume_changes(meta, cfg)
+    assert len(notes) == 1 and notes[0].startswith("train.global_batch_size: 8 -> 16"), notes
+    assert "data order" in notes[0]
+
+
+def test_schedule_overridden_by_checkpoint_is_reported() -> None:
+    configured = ckpt_meta.schedule_of(SimpleNamespace(max_lr=1e-3, lr_decay_steps=40))
+    restored = ckpt_meta.schedule_of(SimpleNamespace(max_lr=3e-3, lr_decay_steps=40))
+    assert ckpt_meta.schedule_changes(configured, configured) == []
+    notes = ckpt_meta.schedule_changes(configured, restored)
+    assert notes == [
+        "optim.lr: this config gives 0.001, the checkpoint's 0.003 is used (the LR schedule "
+        "continues; for a new one start a new run with checkpoint.weights_only=true)"
+    ]
+
+
+def test_rng_request_only_asks_for_saved_components() -> None:
+    import torch
+
+    from pretrain.ckpt_state import select_rng
+
+    states = {"torch": torch.zeros(2), "cuda": torch.ones(2)}  # e.g. this run is on GPU
+    assert select_rng(states, None) is states  # older checkpoints: everything
+    assert list(select_rng(states, ["python", "torch"])) == ["torch"]  # saved on CPU
+
+
+def test_precision_change_needs_weights_only() -> None:
+    cfg = PretrainConfig()
+    cfg.data.paths, cfg.precision = ["/data/a"], "bf16"
+    with pytest.raises(CheckpointError, match="precision: checkpoint has 'fp32', this run has"):
+        ckpt_meta.check_compatible(_meta(), Path("ck"), cfg, [MANIFEST], 512, weights_only=False)
+    ckpt_meta.check_compatible(_meta(), Path("ck"), cfg, [MANIFEST], 512, weights_only=True)

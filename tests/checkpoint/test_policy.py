@@ -90,7 +90,7 @@ def test_choose_checkpoint(ctx: SimpleNamespace, tmp_path: Path) -> None:
         checkpoint.choose_checkpoint(ctx)
     ctx.cfg.checkpoint.resume = "auto"
     ctx.cfg.checkpoint.load = str(tmp_path / "missing")
-    with pytest.raises(CheckpointError, match="no complete checkpoint"):
+    with pytest.raises(CheckpointError, match="missing does not exist"):
         checkpoint.choose_checkpoint(ctx)
     other = tmp_path / "other" / "iter_0000005"
     other.mkdir(parents=True)
@@ -105,3 +105,29 @@ def test_choose_checkpoint(ctx: SimpleNamespace, tmp_path: Path) -> None:
     assert checkpoint.choose_checkpoint(ctx) == (own, False)
     ctx.cfg.checkpoint.resume = "never"
     assert checkpoint.choose_checkpoint(ctx) == (other, True)
+
+
+def test_unwritable_run_dir_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    run = blocker / "run"  # cannot be created: its parent is a file
+    with pytest.raises(CheckpointError, match=r"cannot create checkpoint directory .*a_file/run"):
+        checkpoint._prepare_tmp(run, run / "iter_0000003.tmp-incomplete")
+    run = tmp_path / "run"
+    old = run / "iter_0000002"
+    old.mkdir(parents=True)
+    (old / "metadata.json").write_text("{}")
+    (old / "meta.json").write_text("{}")
+    (run / "iter_0000004.tmp-incomplete").write_text("not a dir")  # mkdir fails here
+    with pytest.raises(
+        CheckpointError, match=r"writable .* previous checkpoint \(\S*iter_0000002\)"
+    ):
+        checkpoint._prepare_tmp(run, run / "iter_0000004.tmp-incomplete")
+    assert old.is_dir()
+
+
+@pytest.mark.parametrize("key", ["save_interval", "save_interval_minutes", "keep_last"])
+def test_negative_options_are_refused(ctx: SimpleNamespace, key: str) -> None:
+    setattr(ctx.cfg.checkpoint, key, -1)
+    with pytest.raises(CheckpointError, match=f"checkpoint.{key}=-1 is negative"):
+        checkpoint.choose_checkpoint(ctx)
