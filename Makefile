@@ -3,6 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+SRC := data_pipeline pretrain tests bench
 export OMP_NUM_THREADS ?= 1
 export WANDB_MODE ?= offline
 export HF_DATASETS_OFFLINE ?= 1
@@ -37,12 +38,12 @@ test-gpu: setup
 	$(PY) -m pytest -m gpu -p no:cacheprovider -o addopts="" $(PYTEST_ARGS)
 
 lint: setup
-	$(PY) -m ruff check .
-	$(PY) -m ruff format --check .
+	$(PY) -m ruff check $(SRC)
+	$(PY) -m ruff format --check $(SRC)
 
 format: setup
-	$(PY) -m ruff check --fix .
-	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix $(SRC)
+	$(PY) -m ruff format $(SRC)
 
 bench: setup
 	$(PY) bench/dataprep.py

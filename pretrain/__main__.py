@@ -16,6 +16,7 @@ import warnings
 from torch.distributed.elastic.multiprocessing.errors import record
 
 EXIT_CONFIG_ERROR = 2
+EXIT_INTERRUPTED = 130
 
 _QUIET_WARNINGS = (
     "Transformer Engine and Apex are not installed",
@@ -77,6 +78,16 @@ def _entry(dict_cfg) -> None:  # type: ignore[no-untyped-def]
 
     try:
         code = run(cfg, manifests)
+    except ConfigError as exc:  # found while building (e.g. a split that gets no documents)
+        print(f"pretrain: config error: {exc}", file=sys.stderr, flush=True)
+        code = EXIT_CONFIG_ERROR
+    except KeyboardInterrupt:
+        print(
+            "pretrain: interrupted (Ctrl-C); the last saved checkpoint (if any) is kept",
+            file=sys.stderr,
+            flush=True,
+        )
+        code = EXIT_INTERRUPTED
     finally:
         teardown()
     if code:

@@ -38,11 +38,11 @@ def read_manifest(directory: str | Path, index: int = 0) -> dict[str, Any]:
     key = f"data.paths[{index}]={directory}"
     if not path.is_file():
         hint = (
-            "run `python -m data_pipeline ...` first"
+            f"run `python -m data_pipeline output.dir={root}` first"
             if not root.exists()
             else (
                 "the directory is incomplete (manifest.json is written last); "
-                "re-run data preparation"
+                f"re-run `python -m data_pipeline output.dir={root}`"
             )
         )
         raise ConfigError(f"{key}: no manifest.json in {root.resolve()}; {hint}")

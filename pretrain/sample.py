@@ -52,6 +52,9 @@ def generate(ctx: Any, sample_cfg: SampleConfig) -> str:
     start = len(ids)
     gen = torch.Generator().manual_seed(ctx.cfg.seed)
     last = torch.distributed.get_world_size() - 1
+    # the interleaved (virtual pipeline) schedule needs >= PP micro-batches: repeat the prompt
+    vpp = ctx.cfg.parallel.virtual_pipeline_model_parallel_size
+    micro = ctx.cfg.parallel.pipeline_model_parallel_size if vpp else 1
     for chunk in ctx.model:
         chunk.eval()
     with torch.no_grad():
@@ -62,9 +65,9 @@ def generate(ctx: Any, sample_cfg: SampleConfig) -> str:
             batch = {k: v.to(ctx.device) for k, v in batch.items()}
             out = get_forward_backward_func()(
                 forward_step_func=partial(_forward, len(ids) - 1),
-                data_iterator=[iter([batch]) for _ in ctx.model],
+                data_iterator=[iter([batch] * micro) for _ in ctx.model],
                 model=ctx.model,
-                num_microbatches=1,
+                num_microbatches=micro,
                 seq_length=seq,
                 micro_batch_size=1,
                 forward_only=True,

@@ -6,6 +6,7 @@ the same checks on the same config and WORLD_SIZE, so they fail together, withou
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pretrain.config import CHOICES, ConfigError, PretrainConfig
@@ -56,6 +57,20 @@ def _check_model(cfg: PretrainConfig) -> None:
         m.make_vocab_size_divisible_by > 0,
         "model.make_vocab_size_divisible_by must be >= 1",
     )
+    _check_model_ranges(m)
+
+
+def _check_model_ranges(m: Any) -> None:
+    for key in ("num_query_groups", "ffn_hidden_size", "vocab_size"):
+        value = getattr(m, key)
+        _require(value is None or value >= 1, f"model.{key}={value} must be >= 1 (or null)")
+    _require(m.rotary_base > 0, f"model.rotary_base={m.rotary_base} must be > 0")
+    for key in ("hidden_dropout", "attention_dropout"):
+        value = getattr(m, key)
+        _require(0.0 <= value < 1.0, f"model.{key}={value} must be in [0, 1)")
+    for key in ("init_method_std", "layernorm_epsilon"):
+        value = getattr(m, key)
+        _require(value > 0 and math.isfinite(value), f"model.{key}={value} must be > 0")
 
 
 def _check_parallel(cfg: PretrainConfig, world_size: int) -> int:
@@ -117,8 +132,16 @@ def _check_batch(cfg: PretrainConfig, dp: int) -> None:
             f"a multiple of parallel.pipeline_model_parallel_size={pp}",
         )
     _require(
-        t.max_steps >= 1 or (t.max_tokens or 0) > 0,
+        t.max_tokens is None or t.max_tokens >= 1,
+        f"train.max_tokens={t.max_tokens} must be >= 1 (or null to use train.max_steps)",
+    )
+    _require(
+        t.max_steps >= 1 or t.max_tokens is not None,
         "train.max_steps must be >= 1 (or set train.max_tokens)",
+    )
+    _require(
+        t.stop_at_step is None or t.stop_at_step >= 1,
+        f"train.stop_at_step={t.stop_at_step} must be >= 1 (or null)",
     )
     _require(t.log_interval >= 1, "train.log_interval must be >= 1")
     _require(t.max_skipped_steps >= 1, "train.max_skipped_steps must be >= 1")
@@ -130,6 +153,15 @@ def _check_optim(cfg: PretrainConfig) -> None:
     _require(0 <= o.min_lr <= o.lr, f"optim.min_lr={o.min_lr} must be in [0, optim.lr={o.lr}]")
     _require(o.warmup_steps >= 0, "optim.warmup_steps must be >= 0")
     _require(o.clip_grad >= 0, "optim.clip_grad must be >= 0 (0 = off)")
+    _require(
+        o.decay_steps is None or o.decay_steps >= 1,
+        f"optim.decay_steps={o.decay_steps} must be >= 1 (or null = the run's max steps)",
+    )
+    _require(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay} must be >= 0")
+    for key in ("adam_beta1", "adam_beta2"):
+        value = getattr(o, key)
+        _require(0.0 <= value < 1.0, f"optim.{key}={value} must be in [0, 1)")
+    _require(o.adam_eps > 0, f"optim.adam_eps={o.adam_eps} must be > 0")
     if cfg.precision == "fp16":
         _require(
             o.loss_scale is None or o.loss_scale > 0,
@@ -140,6 +172,10 @@ def _check_optim(cfg: PretrainConfig) -> None:
             "optim.initial_loss_scale must be >= optim.min_loss_scale > 0",
         )
         _require(o.hysteresis >= 1, "optim.hysteresis must be >= 1")
+        _require(
+            o.loss_scale_window >= 1,
+            f"optim.loss_scale_window={o.loss_scale_window} must be >= 1",
+        )
     elif o.loss_scale is not None:
         raise ConfigError(
             f"optim.loss_scale={o.loss_scale} applies only to precision=fp16 (precision="
@@ -155,22 +191,34 @@ def _check_misc(cfg: PretrainConfig) -> None:
         f"checkpoint.resume={cfg.checkpoint.resume!r} must be 'auto' or 'never'",
     )
     _require(bool(cfg.run.dir), "run.dir must not be empty")
-    parts = cfg.data.split.split(",")
+    _check_data_split(cfg.data.split)
+    if cfg.data.weights is not None:
+        _require(
+            len(cfg.data.weights) == len(cfg.data.paths)
+            and all(w > 0 and math.isfinite(w) for w in cfg.data.weights),
+            f"data.weights={list(cfg.data.weights)} needs one positive weight per data.paths "
+            f"entry ({len(cfg.data.paths)})",
+        )
+    _require(cfg.sample.max_new_tokens >= 0, "sample.max_new_tokens must be >= 0")
+    peak = cfg.logging.peak_tflops
+    _require(peak is None or peak > 0, f"logging.peak_tflops={peak} must be > 0 (or null)")
+    p = cfg.parallel
+    _require(
+        not p.overlap_param_gather or p.use_distributed_optimizer,
+        "parallel.overlap_param_gather=true needs parallel.use_distributed_optimizer=true",
+    )
+
+
+def _check_data_split(split: str) -> None:
     try:
-        shares = [float(x) for x in parts]
+        shares = [float(x) for x in str(split).split(",")]
     except ValueError:
         shares = []
     _require(
-        len(shares) == 3 and all(x >= 0 for x in shares) and shares[0] > 0,
-        f"data.split={cfg.data.split!r} must be three non-negative numbers 'train,valid,test' "
-        "with train > 0, e.g. data.split=98,1,1",
+        len(shares) == 3 and all(x >= 0 and math.isfinite(x) for x in shares) and shares[0] > 0,
+        f"data.split={split!r} must be three non-negative numbers 'train,valid,test' with "
+        "train > 0; quote it on the command line: \"data.split='98,1,1'\"",
     )
-    if cfg.data.weights is not None:
-        _require(
-            len(cfg.data.weights) == len(cfg.data.paths) and all(w > 0 for w in cfg.data.weights),
-            f"data.weights needs one positive weight per data.paths entry ({len(cfg.data.paths)})",
-        )
-    _require(cfg.sample.max_new_tokens >= 0, "sample.max_new_tokens must be >= 0")
 
 
 def _lookup(cfg: Any, dotted: str) -> Any:

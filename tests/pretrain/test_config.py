@@ -209,3 +209,57 @@ def test_config_error_exits_2_cleanly_on_every_rank(prepared_data, tmp_path):
     assert run.stderr.count(line) == 2  # both ranks, no hang
     # no worker traceback (torchrun itself reports the failed children with one of its own)
     assert "pretrain/validate.py" not in run.stderr and run.stderr.count("Traceback") <= 1
+
+
+RANGE_ERRORS = [
+    ({"model": ModelConfig(num_query_groups=0)}, "model.num_query_groups=0 must be >= 1"),
+    ({"model": ModelConfig(ffn_hidden_size=0)}, "model.ffn_hidden_size=0 must be >= 1"),
+    ({"model": ModelConfig(hidden_dropout=1.5)}, "model.hidden_dropout=1.5 must be in [0, 1)"),
+    ({"model": ModelConfig(init_method_std=-1.0)}, "model.init_method_std=-1.0 must be > 0"),
+    ({"model": ModelConfig(layernorm_epsilon=0.0)}, "model.layernorm_epsilon=0.0 must be > 0"),
+    ({"optim": OptimConfig(decay_steps=-5)}, "optim.decay_steps=-5 must be >= 1"),
+    ({"optim": OptimConfig(adam_beta1=1.5)}, "optim.adam_beta1=1.5 must be in [0, 1)"),
+    ({"train": TrainConfig(max_tokens=-5)}, "train.max_tokens=-5 must be >= 1"),
+    ({"train": TrainConfig(stop_at_step=0)}, "train.stop_at_step=0 must be >= 1"),
+    (
+        {"precision": "fp16", "optim": OptimConfig(loss_scale_window=0)},
+        "optim.loss_scale_window=0 must be >= 1",
+    ),
+    (
+        {"parallel": ParallelConfig(overlap_param_gather=True)},
+        "parallel.overlap_param_gather=true needs parallel.use_distributed_optimizer=true",
+    ),
+    ({"data": DataConfig(split="inf,1,1")}, "data.split='inf,1,1' must be three non-negative"),
+]
+
+
+@pytest.mark.parametrize("parts,message", RANGE_ERRORS, ids=[e[1][:40] for e in RANGE_ERRORS])
+def test_out_of_range_values_are_refused(prepared_data, parts, message):
+    cfg = _cfg(prepared_data, **parts)
+    if "data" in parts:
+        cfg = replace(cfg, data=replace(parts["data"], paths=[str(prepared_data)]))
+    with pytest.raises(ConfigError) as info:
+        validate(cfg, world_size=1)
+    assert message in str(info.value)
+
+
+def test_split_error_shows_the_quoted_override(prepared_data):
+    cfg = replace(_cfg(prepared_data), data=DataConfig(paths=[str(prepared_data)], split="98/2"))
+    with pytest.raises(ConfigError) as info:
+        validate(cfg, world_size=1)
+    assert "\"data.split='98,1,1'\"" in str(info.value)
+
+
+def test_token_budget_sets_the_step_count(prepared_data):
+    train = TrainConfig(max_steps=0, max_tokens=3000, global_batch_size=8, seq_length=64)
+    validate(_cfg(prepared_data, train=train), world_size=1)
+    assert train.steps_for(8 * 64) == 6  # ceil(3000 / 512)
+
+
+def test_incomplete_data_dir_names_the_prepare_command(prepared_data, tmp_path):
+    partial = tmp_path / "partial"
+    shutil.copytree(prepared_data, partial)
+    (partial / "manifest.json").unlink()
+    with pytest.raises(ConfigError) as info:
+        validate(_cfg(partial), world_size=1)
+    assert f"python -m data_pipeline output.dir={partial}" in str(info.value)

@@ -74,15 +74,35 @@ def test_tensor_sequence_and_data_parallel_match_single(prepared_data, reference
         assert run.records[0]["consumed_samples"] == 8
 
 
+LLAMA_STYLE = [
+    "model.num_layers=4",
+    "model.share_embeddings_and_output_weights=false",
+    "model.normalization=RMSNorm",
+    "model.activation=swiglu",
+    "model.position_embedding_type=rope",
+    "model.num_query_groups=2",
+    "model.add_bias_linear=false",
+]
+"""A Llama-shaped tiny model: untied output layer, RMSNorm, SwiGLU, RoPE, GQA (4 heads, 2 kv)."""
+
+GREEDY_SAMPLE = ["sample.enabled=true", "sample.max_new_tokens=3", "sample.temperature=0"]
+
+
 def test_pipeline_and_virtual_pipeline_match_single(prepared_data, reference, tmp_path):
     run = run_pretrain(2, _base(prepared_data) + ["parallel=pp2"], tmp_path / "pp2")
     assert_same_run(run, reference, "PP=2 (1F1B)")
-    # interleaved schedule: 4 layers in 2 stages x 2 virtual chunks, untied output layer
-    four = ["model.num_layers=4", "model.share_embeddings_and_output_weights=false"]
-    ref4 = run_pretrain(1, _base(prepared_data) + four, tmp_path / "ref4")
-    vpp = run_pretrain(2, _base(prepared_data) + four + ["parallel=pp2_vpp2"], tmp_path / "vpp")
-    assert_same_run(vpp, ref4, "PP=2 x VPP=2 (interleaved 1F1B), untied embeddings")
+    # interleaved schedule: 4 layers in 2 stages x 2 virtual chunks, llama-style, untied
+    four = _base(prepared_data) + LLAMA_STYLE + GREEDY_SAMPLE
+    ref4 = run_pretrain(1, four, tmp_path / "ref4")
+    vpp = run_pretrain(2, four + ["parallel=pp2_vpp2"], tmp_path / "vpp")
+    assert_same_run(vpp, ref4, "PP=2 x VPP=2 (interleaved 1F1B), llama-style, untied")
     assert abs(ref4.losses()[0] - reference.losses()[0]) > 1e-4  # a different model indeed
+    # the end-of-run sample also goes through the interleaved schedule (needs >= PP micro-batches)
+    sample = (tmp_path / "vpp" / "sample.txt").read_text()
+    assert sample == (tmp_path / "ref4" / "sample.txt").read_text() and sample.startswith("def ")
+    # GQA (2 kv heads split over TP 2) with sequence parallel and the RMSNorm/SwiGLU/RoPE layers
+    tp_sp = run_pretrain(2, four + ["parallel=tp2_sp"], tmp_path / "tp_sp")
+    assert_same_run(tp_sp, ref4, "TP=2 + SP, llama-style (GQA 4/2, RMSNorm, SwiGLU, RoPE)")
 
 
 def test_tp2_pp2_on_four_ranks_matches_single(prepared_data, reference, tmp_path):
