@@ -1,6 +1,6 @@
 """Typed configuration of the data-preparation job (`python -m data_pipeline`).
 
-Every field's docstring is its user documentation (see docs/data_pipeline.md). Build a config
+Every field's docstring is its user documentation (README.md, "Data preparation"). Build a config
 without Hydra with `PrepareConfig(input=InputConfig(paths=[...]), ...)`; `__main__` composes the
 same dataclasses from conf/prepare.yaml and converts them with `OmegaConf.to_object`.
 """

@@ -8,7 +8,7 @@ Saving writes `${run.dir}/iter_XXXXXXX.tmp-incomplete/` (megatron's torch_dist s
 metadata.json, plus our meta.json and config.yaml), then, after every rank finished, rank 0
 renames it to `iter_XXXXXXX/`, replaces the `latest` marker atomically and deletes checkpoints
 beyond `checkpoint.keep_last`. A crash at any point leaves `latest` naming a complete
-checkpoint. See docs/checkpoints.md.
+checkpoint. See README.md ("Checkpoints").
 """
 
 from __future__ import annotations

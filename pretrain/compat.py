@@ -3,7 +3,7 @@
 megatron-core assumes CUDA in a handful of places; on a CPU-only torch they fail with "Torch not
 compiled with CUDA enabled". `apply()` patches exactly those places, one megatron module at a
 time, and does nothing when `torch.cuda.is_available()`, so GPU runs use unmodified megatron.
-`PATCHES` lists the megatron files each patch targets; docs/pretrain.md ("The CPU compatibility
+`PATCHES` lists the megatron files each patch targets; README.md (section "The CPU compatibility
 layer") explains them for users:
 
 1. `_TorchProxy`: module-global `torch` of the modules in `_PROXIED_MODULES` (CUDA tensor

@@ -282,7 +282,7 @@ class PretrainConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Console, metrics.jsonl, W&B."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    """Checkpointing (see docs/checkpoints.md)."""
+    """Checkpointing (see README.md ("Checkpoints"))."""
     sample: SampleConfig = field(default_factory=SampleConfig)
     """End-of-training text sample."""
     seed: int = 1234

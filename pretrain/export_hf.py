@@ -8,7 +8,7 @@ reshards on load), mapped to `LlamaForCausalLM` (RMSNorm/SwiGLU/RoPE) or `GPT2LM
 (LayerNorm/GELU/learned positions) by `pretrain.hf_mapping`, and written with config.json,
 model.safetensors, generation_config.json and the SentencePiece tokenizer (tokenizer.model,
 tokenizer_config.json naming `LlamaTokenizer`, and the converted tokenizer.json). Options are
-in conf/export_hf.yaml and docs/checkpoints.md.
+in conf/export_hf.yaml and README.md ("Checkpoints").
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ USAGE = """usage: python -m pretrain.export_hf checkpoint=PATH output=DIR [key=v
   sample_prompt="def "  greedy sample from the exported model afterwards (null = skip)
   max_new_tokens=24   length of that sample
 
-Defaults: conf/export_hf.yaml. Documentation: docs/checkpoints.md."""
+Defaults: conf/export_hf.yaml. Documentation: README.md ("Checkpoints")."""
 
 CONF_FILE = Path(__file__).resolve().parents[1] / "conf" / "export_hf.yaml"
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -194,7 +194,7 @@ def import_llama(hf_dir: Path, output: Path) -> Path:
 _USAGE = (
     "usage: python -m pretrain.import_hf hf=HF_DIR output=OUT_DIR\n"
     "  hf=HF_DIR      local LlamaForCausalLM folder (config.json + model.safetensors)\n"
-    "  output=OUT_DIR new folder for the model-only checkpoint (docs/checkpoints.md)"
+    "  output=OUT_DIR new folder for the model-only checkpoint (README.md, 'Checkpoints')"
 )
 
 
