@@ -32,7 +32,8 @@ step "3/4 resume from checkpoints/$RUN/latest and continue to step $STEPS"
 "$PY" -m torch.distributed.run --nproc-per-node 2 -m pretrain "${TRAIN_ARGS[@]}"
 
 step "4/4 export to Hugging Face format and sample from the exported model"
-"$PY" -m pretrain.export_hf checkpoint="checkpoints/$RUN/latest" output="checkpoints/$RUN/hf"
+"$PY" -m pretrain.export_hf checkpoint="checkpoints/$RUN/latest" output="checkpoints/$RUN/hf" \
+  overwrite=true sample_prompt=null
 "$PY" - "checkpoints/$RUN/hf" <<'PYEOF'
 import sys
 import torch
