@@ -101,11 +101,23 @@ def _next_batches(iterator: Any, count: int, device: torch.device) -> list[dict[
     return [_to_device(next(iterator), device) for _ in range(count)]
 
 
-def train_step(ctx: Any) -> StepResult:
-    """Forward-backward over all micro-batches, then a (possibly skipped) optimizer step."""
+def _run_schedule(ctx: Any, batches: list, step_func: Any, forward_only: bool) -> list:
+    """megatron's forward-backward schedule (micro-batches, pipeline) over `batches`."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    cfg = ctx.cfg
+    return get_forward_backward_func()(
+        forward_step_func=step_func,
+        data_iterator=[iter(batches) for _ in ctx.model],
+        model=ctx.model,
+        num_microbatches=ctx.num_microbatches,
+        seq_length=ctx.cfg.train.seq_length,
+        micro_batch_size=ctx.cfg.train.micro_batch_size,
+        forward_only=forward_only,
+    )
+
+
+def train_step(ctx: Any) -> StepResult:
+    """Forward-backward over all micro-batches, then a (possibly skipped) optimizer step."""
     t0 = time.perf_counter()
     batches = _next_batches(ctx.train_iterator, ctx.num_microbatches, ctx.device)
     t1 = time.perf_counter()
@@ -113,15 +125,7 @@ def train_step(ctx: Any) -> StepResult:
         chunk.zero_grad_buffer()
     ctx.optimizer.zero_grad()
     nan = ctx.state.step + 1 in _nan_steps()
-    losses = get_forward_backward_func()(
-        forward_step_func=partial(forward_step, nan=nan),
-        data_iterator=[iter(batches) for _ in ctx.model],
-        model=ctx.model,
-        num_microbatches=ctx.num_microbatches,
-        seq_length=cfg.train.seq_length,
-        micro_batch_size=cfg.train.micro_batch_size,
-        forward_only=False,
-    )
+    losses = _run_schedule(ctx, batches, partial(forward_step, nan=nan), forward_only=False)
     loss = average_loss(losses, ctx.device)
     t2 = time.perf_counter()
     lr = float(ctx.optimizer.param_groups[0]["lr"])
@@ -153,8 +157,6 @@ def train_step(ctx: Any) -> StepResult:
 
 def evaluate(ctx: Any) -> float | None:
     """Mean validation loss over eval.iters global batches (the same batches every time)."""
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-
     if ctx.valid_dataset is None or ctx.cfg.eval.iters <= 0:
         return None
     cfg = ctx.cfg
@@ -165,15 +167,7 @@ def evaluate(ctx: Any) -> float | None:
     with torch.no_grad():
         for _ in range(cfg.eval.iters):
             batches = _next_batches(iterator, ctx.num_microbatches, ctx.device)
-            losses = get_forward_backward_func()(
-                forward_step_func=forward_step,
-                data_iterator=[iter(batches) for _ in ctx.model],
-                model=ctx.model,
-                num_microbatches=ctx.num_microbatches,
-                seq_length=cfg.train.seq_length,
-                micro_batch_size=cfg.train.micro_batch_size,
-                forward_only=True,
-            )
+            losses = _run_schedule(ctx, batches, forward_step, forward_only=True)
             total += average_loss(losses, ctx.device)
     for chunk in ctx.model:
         chunk.train()
