@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
-SRC := data_pipeline pretrain tests bench
+SRC := data_pipeline pretrain conf tests bench
 export OMP_NUM_THREADS ?= 1
 export WANDB_MODE ?= offline
 export HF_DATASETS_OFFLINE ?= 1
@@ -52,3 +52,12 @@ bench: setup
 
 clean:
 	rm -rf checkpoints/data checkpoints/demo*
+
+# GPU machine without network (docs/gpu_check.md): wheels it lacks -> .gpu-wheels/ (here), then
+# `bash launch/gpu_check.sh` there (installs them offline, GPU tests, bench/train.py --gpu).
+.PHONY: gpu-wheels gpu-check
+gpu-wheels: setup
+	$(PY) launch/gpu_wheels.py
+
+gpu-check:
+	bash launch/gpu_check.sh

@@ -19,8 +19,12 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from pretrain.context import TrainContext
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -50,12 +54,13 @@ def raw_write_read(path: Path, num_bytes: int, chunk: int = 64 << 20) -> tuple[f
     return write_s, read_s
 
 
-def build_context(args: argparse.Namespace, run_dir: Path) -> SimpleNamespace:
-    """Model + optimizer (with Adam state after one step) + scheduler in a minimal context."""
+def build_context(args: argparse.Namespace, run_dir: Path) -> TrainContext:
+    """Model + optimizer (with Adam state after one step) + scheduler in a training context."""
     from pretrain import parallel
     from pretrain.config import PretrainConfig
-    from pretrain.model import build_model
-    from pretrain.setup import build_optimizer, build_scheduler, wrap_model
+    from pretrain.context import TrainContext
+    from pretrain.model import build_model, wrap_model
+    from pretrain.optim import build_optimizer, build_scheduler
     from pretrain.state import TrainState
 
     cfg = PretrainConfig()
@@ -63,7 +68,8 @@ def build_context(args: argparse.Namespace, run_dir: Path) -> SimpleNamespace:
     cfg.model.num_attention_heads = args.hidden // 64
     cfg.model.max_position_embeddings = 1024
     cfg.data.paths = []
-    parallel.init_distributed(cfg.parallel, seed=cfg.seed)
+    cfg.run.dir = str(run_dir)
+    dist = parallel.init_distributed(cfg.parallel, seed=cfg.seed)
     chunks = build_model(cfg.model, cfg.parallel, args.vocab, 128)
     model = wrap_model(chunks, cfg.parallel, "fp32")
     optimizer = build_optimizer(model, cfg.optim, cfg.parallel, "fp32")
@@ -71,16 +77,19 @@ def build_context(args: argparse.Namespace, run_dir: Path) -> SimpleNamespace:
         param.main_grad.normal_(0, 1e-3)
     optimizer.step()
     scheduler = build_scheduler(optimizer, cfg.optim, 100)
-    params = sum(p.numel() for p in model[0].parameters())
-    return SimpleNamespace(
+    return TrainContext(
         cfg=cfg,
+        dist=dist,
         model=model,
         optimizer=optimizer,
         scheduler=scheduler,
-        state=TrainState(step=1),
-        run_dir=run_dir,
+        tokenizer=SimpleNamespace(path=""),  # no data: nothing to copy into the checkpoint
         data_manifests=[],
-        params=params,
+        max_steps=100,
+        num_microbatches=1,
+        padded_vocab_size=cfg.model.padded_vocab_size(args.vocab, 1),
+        flops_per_token=0.0,
+        state=TrainState(step=1),
     )
 
 
@@ -123,7 +132,7 @@ def measure(args: argparse.Namespace) -> dict:
     save_s, load_s, write_s, read_s = map(_median, (saves, loads, writes, reads))
     return {
         "bench": "checkpoint",
-        "params": ctx.params,
+        "params": sum(p.numel() for p in ctx.model[0].parameters()),
         "bytes": num_bytes,
         "repeat": args.repeat,
         "save_s": round(save_s, 3),

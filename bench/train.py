@@ -94,8 +94,8 @@ def _bare_loop(ctx):
     import torch
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from pretrain.model import build_model
-    from pretrain.setup import build_optimizer, configure_model_hooks, wrap_model
+    from pretrain.model import build_model, wrap_model
+    from pretrain.optim import build_optimizer, configure_model_hooks
 
     cfg = ctx.cfg
     chunks = build_model(

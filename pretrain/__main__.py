@@ -1,22 +1,29 @@
 """`torchrun --nproc-per-node N -m pretrain [hydra overrides]` (or `python -m pretrain ...`).
 
-Composes the Hydra config (conf/pretrain.yaml), converts it to the typed `PretrainConfig`,
-validates it before any process group starts (a `ConfigError` prints one clean line naming the
-key and exits 2 on every rank, so nothing hangs), then trains. Rank 0 alone writes `.hydra/`
-and the log file into run.dir; other ranks log warnings to stderr only.
+Composes the Hydra config (`conf/pretrain.yaml`, shipped as `pretrain_pipeline_conf`), rejects
+unknown keys (also `+key=value`), converts it to the typed `PretrainConfig` and validates it
+before any process group starts: a `ConfigError` prints one clean line naming the key and exits
+2 on every rank, so nothing hangs. Only then does rank 0 write the run's `.hydra/` record and
+open its log file in run.dir, so a rejected launch never overwrites a run's recorded config.
+`--help` lists the training groups and every key with its description.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import warnings
+from pathlib import Path
+from typing import Any
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
-EXIT_CONFIG_ERROR = 2
+from pretrain.parallel import rank_from_env
+from pretrain_pipeline_conf import CONFIG_PATH
+from pretrain_pipeline_conf.hydra_app import EXIT_CONFIG_ERROR, run_app, unknown_keys
+
 EXIT_INTERRUPTED = 130
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 
 _QUIET_WARNINGS = (
     "Transformer Engine and Apex are not installed",
@@ -30,20 +37,6 @@ _QUIET_WARNINGS = (
 )
 
 
-def _rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
-def _multi_rank_hydra_overrides() -> None:
-    """Rank > 0 writes no .hydra/ dir and no log file (every rank composes its own config)."""
-    if _rank() > 0:
-        sys.argv += [
-            "hydra.output_subdir=null",
-            "hydra/job_logging=none",
-            "hydra/hydra_logging=none",
-        ]
-
-
 def _quiet() -> None:
     for message in _QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=f".*{message}.*")
@@ -53,26 +46,57 @@ def _quiet() -> None:
 
 
 def _configure_logging(level: str) -> None:
-    if _rank() == 0:
+    """Rank 0: INFO lines on stdout; other ranks: warnings only."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format=LOG_FORMAT, force=True)
+    if rank_from_env() == 0:
         logging.getLogger("pretrain").setLevel(level)
     else:
-        logging.getLogger().setLevel(logging.WARNING)
         logging.getLogger("pretrain").setLevel(logging.WARNING)
 
 
-def _entry(dict_cfg) -> None:  # type: ignore[no-untyped-def]
+def _config_error(message: str) -> None:
+    print(f"pretrain: config error: {message}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_CONFIG_ERROR)
+
+
+def _record_run(dict_cfg: Any, run_dir: Path) -> None:
+    """Rank 0, after validation: `.hydra/{config,overrides,hydra}.yaml` and `pretrain.log`."""
+    from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from pretrain.config import ConfigError
+    hydra_dir = run_dir / ".hydra"
+    hydra_dir.mkdir(parents=True, exist_ok=True)
+    hydra_cfg = HydraConfig.get()
+    OmegaConf.save(dict_cfg, hydra_dir / "config.yaml")
+    OmegaConf.save(OmegaConf.create(list(hydra_cfg.overrides.task)), hydra_dir / "overrides.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), hydra_dir / "hydra.yaml")
+    handler = logging.FileHandler(run_dir / "pretrain.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.getLogger().addHandler(handler)
+
+
+def _entry(dict_cfg: Any) -> None:
+    from omegaconf import OmegaConf
+
+    from pretrain.config import ConfigError, PretrainConfig
     from pretrain.validate import validate
 
+    problems = unknown_keys(dict_cfg, PretrainConfig, skip=("hydra",))
+    if problems:
+        _config_error("; ".join(problems) + " (`python -m pretrain --help` lists every key)")
     cfg = OmegaConf.to_object(dict_cfg)
     _configure_logging(cfg.logging.level)
     try:
         manifests = validate(cfg)
     except ConfigError as exc:
-        print(f"pretrain: config error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(EXIT_CONFIG_ERROR)
+        _config_error(str(exc))
+    if rank_from_env() == 0:
+        _record_run(dict_cfg, Path(cfg.run.dir))
+    _train(cfg, manifests)
+
+
+def _train(cfg: Any, manifests: list[dict[str, Any]]) -> None:
+    from pretrain.config import ConfigError
     from pretrain.parallel import teardown
     from pretrain.train import run
 
@@ -96,15 +120,17 @@ def _entry(dict_cfg) -> None:  # type: ignore[no-untyped-def]
 
 @record
 def main() -> None:
-    """Hydra entry point (config_path ../conf, config_name pretrain)."""
-    import hydra
+    """Entry point: `--help` is ours; everything else goes through Hydra."""
+    if any(arg in ("-h", "--help") for arg in sys.argv[1:]):
+        from pretrain.help import pretrain_help
 
-    from pretrain.config import register_configs
+        print(pretrain_help())
+        return
+    from pretrain.config import PretrainConfig, register_configs
 
     _quiet()
-    _multi_rank_hydra_overrides()
     register_configs()
-    hydra.main(config_path="../conf", config_name="pretrain", version_base="1.3")(_entry)()
+    run_app(_entry, "pretrain", CONFIG_PATH, job="pretrain", schema=PretrainConfig)
 
 
 if __name__ == "__main__":

@@ -6,12 +6,12 @@ time, and does nothing when `torch.cuda.is_available()`, so GPU runs use unmodif
 `PATCHES` lists the megatron files each patch targets; README.md (section "The CPU compatibility
 layer") explains them for users:
 
-1. `_TorchProxy`: module-global `torch` of the modules in `_PROXIED_MODULES` (CUDA tensor
+1. `TorchProxy`: module-global `torch` of the modules in `_PROXIED_MODULES` (CUDA tensor
    factories -> CPU, `torch.cuda.current_device()` -> "cpu", sync/stream/event/nvtx no-ops,
    `torch.cuda` RNG -> CPU generator, autocast("cuda") -> autocast("cpu")). torch itself is
    untouched.
 2. `CpuRNGStatesTracker` replaces `CudaRNGStatesTracker` (tensor_parallel/random.py).
-3. `_cuda_tensor_names`: `t.type()` reports `torch.cuda.*` and `t.cuda()` is a no-op, only while
+3. `cuda_tensor_names`: `t.type()` reports `torch.cuda.*` and `t.cuda()` is a no-op, only while
    the megatron functions that check them run (optimizer, distrib_optimizer, clip_grads,
    language_module).
 4. `DynamicGradScaler.load_state_dict` keeps the scale on the CPU (optimizer/grad_scaler.py).
@@ -58,7 +58,7 @@ _PROXIED_MODULES = (
     "megatron.core.transformer.transformer_layer",
     "megatron.core.transformer.utils",
 )
-"""megatron-core modules whose global `torch` is replaced by `_TorchProxy` on CPU."""
+"""megatron-core modules whose global `torch` is replaced by `TorchProxy` on CPU."""
 
 _FACTORIES = frozenset(
     [
@@ -183,7 +183,7 @@ class _CudaStandIn:
         return getattr(torch.cuda, name)
 
 
-class _TorchProxy:
+class TorchProxy:
     """Module-local replacement for `torch` in a megatron module (see the module docstring)."""
 
     cuda = _CudaStandIn()
@@ -260,7 +260,7 @@ class CpuRNGStatesTracker:
 
 
 @contextlib.contextmanager
-def _cuda_tensor_names() -> Iterator[None]:
+def cuda_tensor_names() -> Iterator[None]:
     """Make `t.type()` report `torch.cuda.*` names and `t.cuda()` a no-op, temporarily."""
     orig_type, orig_cuda = torch.Tensor.type, torch.Tensor.cuda
 
@@ -291,7 +291,7 @@ def _wrap_with_cuda_names(owner: Any, name: str) -> None:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with _cuda_tensor_names():
+        with cuda_tensor_names():
             return fn(*args, **kwargs)
 
     wrapper._pretrain_compat = True  # type: ignore[attr-defined]
@@ -301,7 +301,7 @@ def _wrap_with_cuda_names(owner: Any, name: str) -> None:
 
         @functools.wraps(func)
         def cls_wrapper(cls: Any, *args: Any, **kwargs: Any) -> Any:
-            with _cuda_tensor_names():
+            with cuda_tensor_names():
                 return func(cls, *args, **kwargs)
 
         cls_wrapper._pretrain_compat = True  # type: ignore[attr-defined]
@@ -364,7 +364,7 @@ def apply() -> bool:
         return True
     if torch.cuda.is_available():
         return False
-    proxy = _TorchProxy()
+    proxy = TorchProxy()
     for name in _PROXIED_MODULES:
         module = importlib.import_module(name)
         if getattr(module, "torch", None) is torch:

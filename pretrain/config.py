@@ -88,6 +88,10 @@ class ModelConfig:
         """Effective MLP width."""
         return self.ffn_hidden_size or 4 * self.hidden_size
 
+    def head_dim(self) -> int:
+        """Per-head width (hidden_size / num_attention_heads)."""
+        return self.hidden_size // self.num_attention_heads
+
     def padded_vocab_size(self, vocab_size: int, tp: int) -> int:
         """Embedding rows: vocab rounded up to make_vocab_size_divisible_by x TP."""
         multiple = self.make_vocab_size_divisible_by * tp

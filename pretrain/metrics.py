@@ -8,7 +8,7 @@ import math
 import uuid
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -60,6 +60,19 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+class RunLogger(Protocol):
+    """What the training loop logs through (rank 0: MetricsLogger, elsewhere NullLogger)."""
+
+    def log(self, record: dict[str, Any]) -> None:
+        """One metrics row (a step, or an evaluation)."""
+
+    def summary(self, values: dict[str, Any]) -> None:
+        """Final values of the run."""
+
+    def finish(self) -> None:
+        """Close files and services."""
 
 
 class MetricsLogger:
@@ -119,7 +132,7 @@ class NullLogger:
         return None
 
 
-def build_logger(cfg: PretrainConfig, run_dir: Path, state: TrainState, rank: int) -> Any:
+def build_logger(cfg: PretrainConfig, run_dir: Path, state: TrainState, rank: int) -> RunLogger:
     """MetricsLogger on global rank 0, NullLogger elsewhere."""
     return MetricsLogger(cfg, run_dir, state) if rank == 0 else NullLogger()
 

@@ -15,12 +15,13 @@ from pretrain.config import ModelConfig, ParallelConfig, Precision
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""torch dtype of each precision name."""
 
 
 def torch_dtype(precision: Precision) -> torch.dtype:
     """The torch dtype of a precision name."""
-    return _DTYPES[precision]
+    return DTYPES[precision]
 
 
 def have_transformer_engine() -> bool:
@@ -182,7 +183,7 @@ def build_model(
     `use_cpu_initialization` (default) the initial weights for one seed are identical for every
     TP size. On GPU the chunks are moved to the current CUDA device. For bf16/fp16 the
     parameters are created in that dtype (megatron's Float16Module is applied by the caller
-    that wraps for training, see `pretrain.setup`).
+    that wraps for training, see `wrap_model`).
     """
     from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
@@ -226,6 +227,35 @@ def build_model(
             model.cuda(torch.cuda.current_device())
         chunks.append(model)
     return chunks
+
+
+def wrap_model(
+    chunks: list[torch.nn.Module], parallel_cfg: ParallelConfig, precision: Precision
+) -> list[torch.nn.Module]:
+    """Float16Module (bf16/fp16) + megatron DistributedDataParallel, one per chunk."""
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.transformer.module import Float16Module
+
+    config = chunks[0].config
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=parallel_cfg.overlap_grad_reduce,
+        overlap_param_gather=parallel_cfg.overlap_param_gather,
+        use_distributed_optimizer=parallel_cfg.use_distributed_optimizer,
+        check_for_nan_in_grad=False,
+    )
+    wrapped = []
+    for index, chunk in enumerate(chunks):
+        module = Float16Module(config, chunk) if precision != "fp32" else chunk
+        wrapped.append(
+            DistributedDataParallel(
+                config=config,
+                ddp_config=ddp_config,
+                module=module,
+                disable_bucketing=index > 0,
+            )
+        )
+    return wrapped
 
 
 def _encoder_or_decoder():

@@ -21,24 +21,72 @@ from pretrain.config import ConfigError, ParallelConfig
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DistInfo:
-    """Where this process sits in the parallel layout."""
+    """Where this process sits in the parallel layout: the one source every module reads.
+
+    Filled once from megatron's parallel_state by `init_distributed`; code below the entry
+    points reads sizes and ranks from here, not from megatron's globals or the config.
+    """
 
     rank: int
+    """Global rank."""
     world_size: int
+    """All processes (TP x PP x DP)."""
     local_rank: int
+    """Rank on this node (its CUDA device index)."""
     device: torch.device
+    """This rank's device (cuda:LOCAL_RANK or cpu)."""
     backend: str
-    dp_size: int
-    dp_rank: int
-    tp_rank: int
-    pp_rank: int
+    """torch.distributed backend: nccl or gloo."""
+    tp_size: int = 1
+    """Tensor-parallel size."""
+    tp_rank: int = 0
+    """Rank in the tensor-parallel group."""
+    pp_size: int = 1
+    """Pipeline-parallel stages."""
+    pp_rank: int = 0
+    """This rank's pipeline stage."""
+    vpp_size: int | None = None
+    """Virtual pipeline chunks per stage (None = not interleaved)."""
+    dp_size: int = 1
+    """Data-parallel replicas."""
+    dp_rank: int = 0
+    """Rank in the data-parallel group."""
+
+    @property
+    def is_rank0(self) -> bool:
+        """Global rank 0 (writes run-dir files, logs)."""
+        return self.rank == 0
+
+    @property
+    def last_rank(self) -> int:
+        """Global last rank: the last pipeline stage of the last replica (holds the loss)."""
+        return self.world_size - 1
+
+    def layout(self) -> dict[str, int | None]:
+        """The parallel sizes, as recorded in checkpoint meta.json."""
+        return {
+            "world_size": self.world_size,
+            "tensor_model_parallel_size": self.tp_size,
+            "pipeline_model_parallel_size": self.pp_size,
+            "virtual_pipeline_model_parallel_size": self.vpp_size,
+            "data_parallel_size": self.dp_size,
+        }
+
+    def layout_str(self) -> str:
+        """e.g. `TP2xPP1xDP1` for log lines."""
+        return f"TP{self.tp_size}xPP{self.pp_size}xDP{self.dp_size}"
 
 
 def world_size_from_env() -> int:
     """WORLD_SIZE set by torchrun (1 for a plain process)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank_from_env() -> int:
+    """RANK set by torchrun (0 for a plain process); usable before any process group exists."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def check_world_size(parallel_cfg: ParallelConfig, world_size: int) -> int:
@@ -120,10 +168,13 @@ def init_distributed(
         local_rank=local_rank,
         device=device,
         backend=backend,
+        tp_size=parallel_state.get_tensor_model_parallel_world_size(),
+        tp_rank=parallel_state.get_tensor_model_parallel_rank(),
+        pp_size=parallel_state.get_pipeline_model_parallel_world_size(),
+        pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
+        vpp_size=parallel_cfg.virtual_pipeline_model_parallel_size,
         dp_size=parallel_state.get_data_parallel_world_size(),
         dp_rank=parallel_state.get_data_parallel_rank(),
-        tp_rank=parallel_state.get_tensor_model_parallel_rank(),
-        pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
     )
 
 
@@ -137,13 +188,12 @@ def teardown() -> None:
         torch.distributed.destroy_process_group()
 
 
-def is_rank0() -> bool:
-    """Global rank 0 (True without torch.distributed)."""
-    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+def barrier() -> None:
+    """torch.distributed barrier (no-op without a process group)."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
-def is_last_rank() -> bool:
-    """Global last rank (last pipeline stage of the last DP replica): it holds the loss."""
-    if not torch.distributed.is_initialized():
-        return True
-    return torch.distributed.get_rank() == torch.distributed.get_world_size() - 1
+def global_rank() -> int:
+    """This process's global rank (0 without a process group)."""
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0

@@ -10,11 +10,14 @@ to every rank. Slow (no KV cache) but exact and simple; meant for a short end-of
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from pretrain.config import SampleConfig
+
+if TYPE_CHECKING:
+    from pretrain.context import TrainContext
 
 
 def _logits_loss(position: int, output_tensor: torch.Tensor):
@@ -41,7 +44,7 @@ def _pick(logits: torch.Tensor, vocab_size: int, cfg: SampleConfig, gen: torch.G
     return int(torch.multinomial(probs, 1, generator=gen))
 
 
-def generate(ctx: Any, sample_cfg: SampleConfig) -> str:
+def generate(ctx: TrainContext, sample_cfg: SampleConfig) -> str:
     """Generate sample_cfg.max_new_tokens after the prompt; returns the decoded text (all ranks)."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -51,10 +54,9 @@ def generate(ctx: Any, sample_cfg: SampleConfig) -> str:
     ids = ids[-(seq - 1) :] if len(ids) >= seq else ids
     start = len(ids)
     gen = torch.Generator().manual_seed(ctx.cfg.seed)
-    last = torch.distributed.get_world_size() - 1
+    last = ctx.dist.last_rank
     # the interleaved (virtual pipeline) schedule needs >= PP micro-batches: repeat the prompt
-    vpp = ctx.cfg.parallel.virtual_pipeline_model_parallel_size
-    micro = ctx.cfg.parallel.pipeline_model_parallel_size if vpp else 1
+    micro = ctx.dist.pp_size if ctx.dist.vpp_size else 1
     for chunk in ctx.model:
         chunk.eval()
     with torch.no_grad():

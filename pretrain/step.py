@@ -18,9 +18,12 @@ import os
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from pretrain.context import Batch, TrainContext
 
 
 @dataclass
@@ -97,11 +100,13 @@ def _clip_and_step(optimizer: Any, grad_norm: float) -> bool:
     return bool(optimizer.step_with_ready_grads())
 
 
-def _next_batches(iterator: Any, count: int, device: torch.device) -> list[dict[str, torch.Tensor]]:
+def _next_batches(iterator: Any, count: int, device: torch.device) -> list[Batch]:
     return [_to_device(next(iterator), device) for _ in range(count)]
 
 
-def _run_schedule(ctx: Any, batches: list, step_func: Any, forward_only: bool) -> list:
+def _run_schedule(
+    ctx: TrainContext, batches: list[Batch], step_func: Any, forward_only: bool
+) -> list[dict[str, torch.Tensor]]:
     """megatron's forward-backward schedule (micro-batches, pipeline) over `batches`."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -116,7 +121,7 @@ def _run_schedule(ctx: Any, batches: list, step_func: Any, forward_only: bool) -
     )
 
 
-def train_step(ctx: Any) -> StepResult:
+def train_step(ctx: TrainContext) -> StepResult:
     """Forward-backward over all micro-batches, then a (possibly skipped) optimizer step."""
     t0 = time.perf_counter()
     batches = _next_batches(ctx.train_iterator, ctx.num_microbatches, ctx.device)
@@ -155,7 +160,7 @@ def train_step(ctx: Any) -> StepResult:
     )
 
 
-def evaluate(ctx: Any) -> float | None:
+def evaluate(ctx: TrainContext) -> float | None:
     """Mean validation loss over eval.iters global batches (the same batches every time)."""
     if ctx.valid_dataset is None or ctx.cfg.eval.iters <= 0:
         return None

@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import torch
 
 from pretrain import checkpoint, faults
 from pretrain.config import ConfigError, PretrainConfig
+from pretrain.context import TrainContext
 from pretrain.data import (
     SentencePieceTokenizer,
     build_datasets,
@@ -26,11 +22,10 @@ from pretrain.data import (
     micro_batches,
 )
 from pretrain.metrics import build_logger, memory_gib, peak_tflops, perplexity
-from pretrain.model import build_model, flops_per_token
-from pretrain.parallel import DistInfo, init_distributed
+from pretrain.model import build_model, flops_per_token, wrap_model
+from pretrain.optim import build_optimizer, build_scheduler, configure_model_hooks
+from pretrain.parallel import init_distributed
 from pretrain.sample import generate
-from pretrain.setup import build_optimizer, build_scheduler, configure_model_hooks, wrap_model
-from pretrain.state import TrainState
 from pretrain.step import StepResult, evaluate, train_step
 
 log = logging.getLogger("pretrain")
@@ -38,50 +33,6 @@ log = logging.getLogger("pretrain")
 
 class TrainingDiverged(RuntimeError):
     """Too many consecutive skipped steps (non-finite loss or gradients)."""
-
-
-@dataclass
-class TrainContext:
-    """Everything a run holds. `model` are megatron DDP-wrapped chunks (`.module` unwraps)."""
-
-    cfg: PretrainConfig
-    model: list[torch.nn.Module]
-    optimizer: Any
-    scheduler: Any
-    state: TrainState
-    run_dir: Path
-    data_manifests: list[dict[str, Any]]
-    dist: DistInfo
-    tokenizer: SentencePieceTokenizer
-    max_steps: int
-    num_microbatches: int
-    flops_per_token: float
-    train_dataset: Any = None
-    valid_dataset: Any = None
-    train_iterator: Iterator[dict[str, torch.Tensor]] | None = None
-    logger: Any = None
-    preemption: Any = None
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def device(self) -> torch.device:
-        """This rank's device."""
-        return self.dist.device
-
-    @property
-    def tokens_per_step(self) -> int:
-        """Tokens in one global batch."""
-        return self.cfg.train.global_batch_size * self.cfg.train.seq_length
-
-    def make_valid_iterator(self) -> Iterator[dict[str, torch.Tensor]]:
-        """A fresh iterator over the fixed validation batches."""
-        return micro_batches(
-            self.valid_dataset,
-            0,
-            self.cfg.train.micro_batch_size,
-            self.dist.dp_rank,
-            self.dist.dp_size,
-        )
 
 
 def _build_core(cfg: PretrainConfig, manifests: list[dict[str, Any]]) -> TrainContext:
@@ -101,21 +52,18 @@ def _build_core(cfg: PretrainConfig, manifests: list[dict[str, Any]]) -> TrainCo
     optimizer = build_optimizer(model, cfg.optim, cfg.parallel, cfg.precision)
     scheduler = build_scheduler(optimizer, cfg.optim, max_steps)
     configure_model_hooks(model, optimizer, cfg.parallel)
-    padded = cfg.model.padded_vocab_size(
-        tokenizer.vocab_size, cfg.parallel.tensor_model_parallel_size
-    )
+    padded = cfg.model.padded_vocab_size(tokenizer.vocab_size, dist.tp_size)
     return TrainContext(
         cfg=cfg,
+        dist=dist,
         model=model,
         optimizer=optimizer,
         scheduler=scheduler,
-        state=TrainState(),
-        run_dir=Path(cfg.run.dir),
-        data_manifests=manifests,
-        dist=dist,
         tokenizer=tokenizer,
+        data_manifests=manifests,
         max_steps=max_steps,
         num_microbatches=t.global_batch_size // (t.micro_batch_size * dist.dp_size),
+        padded_vocab_size=padded,
         flops_per_token=flops_per_token(cfg.model, padded, t.seq_length),
     )
 
@@ -141,9 +89,8 @@ def _build_data(ctx: TrainContext) -> None:
 def setup(cfg: PretrainConfig, manifests: list[dict[str, Any]]) -> TrainContext:
     """Build the context; restores a checkpoint (if any) before data and logger."""
     ctx = _build_core(cfg, manifests)
-    if ctx.dist.rank == 0:
+    if ctx.dist.is_rank0:
         ctx.run_dir.mkdir(parents=True, exist_ok=True)
-    ctx.preemption = faults.PreemptionHandler()
     ctx.preemption.install()
     checkpoint.load_at_start(ctx)
     _build_data(ctx)
@@ -160,8 +107,8 @@ def _log_banner(ctx: TrainContext) -> None:
         cfg.run.name,
         ctx.run_dir,
         d.world_size,
-        cfg.parallel.tensor_model_parallel_size,
-        cfg.parallel.pipeline_model_parallel_size,
+        d.tp_size,
+        d.pp_size,
         d.dp_size,
         d.backend,
         d.device.type,
@@ -290,11 +237,11 @@ def finish(ctx: TrainContext) -> None:
         start = time.perf_counter()
         text = generate(ctx, cfg.sample)
         log.info("sample (%.1f s):\n%s", time.perf_counter() - start, text)
-        ctx.extras["sample"] = text
-        if ctx.dist.rank == 0:
+        ctx.sample_text = text
+        if ctx.dist.is_rank0:
             (ctx.run_dir / "sample.txt").write_text(text + "\n", encoding="utf-8")
     checkpoint.finalize(ctx)
-    if ctx.dist.rank == 0:
+    if ctx.dist.is_rank0:
         ctx.logger.summary({"final_valid_loss": (final or {}).get("valid_loss")})
         if cfg.logging.report:
             from pretrain.report import write_report

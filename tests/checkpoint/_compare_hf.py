@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from pretrain import export_hf
-from pretrain.ckpt_layout import resolve_load_path
+from pretrain.checkpoint.layout import resolve_load_path
+from pretrain.hf.export import export, load_megatron_model, sample
 
 SAMPLES = ["def add(a, b):\n    return a + b\n", "import os\nprint(os.getcwd())\n", "x = [1, 2, 3]"]
 
@@ -23,8 +24,8 @@ SAMPLES = ["def add(a, b):\n    return a + b\n", "import os\nprint(os.getcwd())\
 def main() -> None:
     ckpt, out = Path(sys.argv[1]), Path(sys.argv[2])
     cfg = export_hf.parse_args([f"checkpoint={ckpt}", f"output={out}", "sample_prompt=null"])
-    export_hf.export(cfg)
-    meta, model = export_hf.load_megatron_model(resolve_load_path(ckpt))
+    export(cfg)
+    meta, _, model = load_megatron_model(resolve_load_path(ckpt))
     vocab, seq = meta["arch"]["vocab_size"], 32
     tokens = torch.randint(0, vocab, (2, seq), generator=torch.Generator().manual_seed(0))
     positions = torch.arange(seq).unsqueeze(0).expand(2, -1)
@@ -40,7 +41,7 @@ def main() -> None:
     sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
     tok = AutoTokenizer.from_pretrained(str(out))
     ids_match = all(tok(s)["input_ids"] == sp.encode(s) for s in SAMPLES)
-    sample = export_hf.sample(out, "def ", 8)
+    text = sample(out, "def ", 8)
     print(
         json.dumps(
             {
@@ -48,7 +49,7 @@ def main() -> None:
                 "max_abs_diff": float((ours - theirs).abs().max()),
                 "scale": float(ours.abs().max()),
                 "tokenizer_ids_match": ids_match,
-                "sample": sample,
+                "sample": text,
                 "files": sorted(p.name for p in out.iterdir()),
             }
         )

@@ -13,12 +13,14 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from pretrain import export_hf, import_hf, parallel
+from pretrain import export_hf, parallel
+from pretrain.hf.export import export
+from pretrain.hf.importer import import_llama
 
 
 def main() -> None:
     hf_dir, work = Path(sys.argv[1]), Path(sys.argv[2])
-    ckpt = import_hf.import_llama(hf_dir, work / "imported")
+    ckpt = import_llama(hf_dir, work / "imported")
     parallel.teardown()
     cfg = export_hf.parse_args(
         [
@@ -28,7 +30,7 @@ def main() -> None:
             f"tokenizer={hf_dir / 'tokenizer.model'}",
         ]
     )
-    export_hf.export(cfg)
+    export(cfg)
     before = load_file(str(hf_dir / "model.safetensors"))
     after = load_file(str(work / "again" / "model.safetensors"))
     differ = [k for k in before if k not in after or not before[k].equal(after[k])]

@@ -105,10 +105,12 @@ def test_export_refuses_bad_arguments(tmp_path: Path) -> None:
 
 def test_export_output_and_help(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from pretrain.config import ConfigError
-    from pretrain.export_hf import ExportConfig, check_output, export, main
+    from pretrain.export_hf import main
+    from pretrain.hf.export import ExportConfig, check_output, export
 
     assert main(["--help"]) == 0
-    assert "checkpoint=PATH" in capsys.readouterr().out
+    help_text = capsys.readouterr().out
+    assert "checkpoint=(required)" in help_text and "Length of that sample." in help_text
     cfg = ExportConfig(checkpoint=str(tmp_path / "nope"), output=str(tmp_path / "out"))
     with pytest.raises(ConfigError, match=r"^checkpoint=\S*nope does not exist"):
         export(cfg)
@@ -130,17 +132,18 @@ def test_export_output_and_help(tmp_path: Path, capsys: pytest.CaptureFixture) -
 
 
 def test_import_refuses_non_model_folders(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from pretrain.ckpt_meta import CheckpointError
-    from pretrain.import_hf import _read_hf_config, main
+    from pretrain.checkpoint import CheckpointError
+    from pretrain.hf.importer import read_hf_config
+    from pretrain.import_hf import main
 
     assert main(["--help"]) == 0
-    assert "hf=HF_DIR" in capsys.readouterr().out
+    assert "hf=(required)" in capsys.readouterr().out
     with pytest.raises(CheckpointError, match=r"hf=\S*nope does not exist"):
-        _read_hf_config(tmp_path / "nope", None)
+        read_hf_config(tmp_path / "nope", None)
     with pytest.raises(CheckpointError, match=r"has no config.json"):
-        _read_hf_config(tmp_path, None)
+        read_hf_config(tmp_path, None)
     (tmp_path / "config.json").write_text("{}")
     from transformers import AutoConfig
 
     with pytest.raises(CheckpointError, match="not a transformers model folder"):
-        _read_hf_config(tmp_path, AutoConfig)
+        read_hf_config(tmp_path, AutoConfig)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pretrain import ckpt_layout as layout
+from pretrain.checkpoint import layout
 
 
 def _complete(run: Path, step: int) -> Path:

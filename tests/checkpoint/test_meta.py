@@ -9,24 +9,25 @@ from types import SimpleNamespace
 
 import pytest
 
-from pretrain import ckpt_meta
-from pretrain.ckpt_meta import CheckpointError
+from pretrain.checkpoint import CheckpointError
+from pretrain.checkpoint import meta as ckpt_meta
 from pretrain.config import PretrainConfig
 from pretrain.state import TrainState
 
 MANIFEST = {"sha256": "d" * 64, "tokenizer": {"sha256": "t" * 64, "vocab_size": 512, "eod_id": 2}}
 
 
-def _ctx(cfg: PretrainConfig | None = None) -> SimpleNamespace:
+def _meta(cfg: PretrainConfig | None = None) -> dict:
     cfg = cfg or PretrainConfig()
     cfg.data.paths = ["/data/a"]
-    return SimpleNamespace(
-        cfg=cfg, state=TrainState(step=7, wandb_run_id="abc"), data_manifests=[MANIFEST]
+    meta = ckpt_meta.build_meta(
+        cfg,
+        train_state=TrainState(step=7, wandb_run_id="abc"),
+        layout={"world_size": 2},
+        tokenizer=ckpt_meta.tokenizer_of([MANIFEST]),
+        data=ckpt_meta.data_fingerprint(cfg, [MANIFEST]),
+        vocab_size=512,
     )
-
-
-def _meta(cfg: PretrainConfig | None = None) -> dict:
-    meta = ckpt_meta.build_meta(_ctx(cfg), {"world_size": 2}, 512)
     return json.loads(json.dumps(meta))  # what read_meta would return
 
 
@@ -137,7 +138,7 @@ def test_schedule_overridden_by_checkpoint_is_reported() -> None:
 def test_rng_request_only_asks_for_saved_components() -> None:
     import torch
 
-    from pretrain.ckpt_state import select_rng
+    from pretrain.checkpoint.state import select_rng
 
     states = {"torch": torch.zeros(2), "cuda": torch.ones(2)}  # e.g. this run is on GPU
     assert select_rng(states, None) is states  # older checkpoints: everything

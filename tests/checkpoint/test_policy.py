@@ -9,7 +9,9 @@ from types import SimpleNamespace
 import pytest
 
 from pretrain import checkpoint
-from pretrain.ckpt_meta import CheckpointError
+from pretrain.checkpoint import CheckpointError, Saver
+from pretrain.checkpoint import loader as ckpt_loader
+from pretrain.checkpoint import saver as ckpt_saver
 from pretrain.config import PretrainConfig
 from pretrain.state import TrainState
 
@@ -28,7 +30,7 @@ class _Clock:
 @pytest.fixture
 def ctx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
     clock = _Clock()
-    monkeypatch.setattr(checkpoint, "time", clock)
+    monkeypatch.setattr(ckpt_saver, "time", clock)
     context = SimpleNamespace(
         cfg=PretrainConfig(),
         state=TrainState(),
@@ -36,15 +38,16 @@ def ctx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
         data_manifests=[],
         saved=[],
         clock=clock,
+        saver=Saver(last_save_time=clock.now),
+        dist=SimpleNamespace(is_rank0=True),
     )
 
     def fake_save(c: SimpleNamespace) -> Path:
         c.saved.append(c.state.step)
-        saver = checkpoint._saver(c)
-        saver.last_saved_step, saver.last_save_time = c.state.step, clock.now
+        c.saver.last_saved_step, c.saver.last_save_time = c.state.step, clock.now
         return tmp_path
 
-    monkeypatch.setattr(checkpoint, "save_checkpoint", fake_save)
+    monkeypatch.setattr(ckpt_saver, "save_checkpoint", fake_save)
     return context
 
 
@@ -67,7 +70,7 @@ def test_step_interval_and_end(ctx: SimpleNamespace) -> None:
 
 def test_wall_clock_interval(ctx: SimpleNamespace) -> None:
     ctx.cfg.checkpoint.save_interval_minutes = 10.0
-    checkpoint._saver(ctx).last_save_time = ctx.clock.now
+    ctx.saver.last_save_time = ctx.clock.now
     _steps(ctx, 9, minutes_per_step=4.0)  # due after 12, 24, 36 minutes
     assert ctx.saved == [3, 6, 9]
 
@@ -84,27 +87,27 @@ def test_force_and_no_double_save(ctx: SimpleNamespace) -> None:
 
 
 def test_choose_checkpoint(ctx: SimpleNamespace, tmp_path: Path) -> None:
-    assert checkpoint.choose_checkpoint(ctx) == (None, False)
+    assert ckpt_loader.choose_checkpoint(ctx.cfg.checkpoint, ctx.run_dir) == (None, False)
     ctx.cfg.checkpoint.resume = "sometimes"
     with pytest.raises(CheckpointError, match="checkpoint.resume='sometimes'"):
-        checkpoint.choose_checkpoint(ctx)
+        ckpt_loader.choose_checkpoint(ctx.cfg.checkpoint, ctx.run_dir)
     ctx.cfg.checkpoint.resume = "auto"
     ctx.cfg.checkpoint.load = str(tmp_path / "missing")
     with pytest.raises(CheckpointError, match="missing does not exist"):
-        checkpoint.choose_checkpoint(ctx)
+        ckpt_loader.choose_checkpoint(ctx.cfg.checkpoint, ctx.run_dir)
     other = tmp_path / "other" / "iter_0000005"
     other.mkdir(parents=True)
     (other / "metadata.json").write_text("{}")
     (other / "meta.json").write_text("{}")
     ctx.cfg.checkpoint.load, ctx.cfg.checkpoint.weights_only = str(other.parent), True
-    assert checkpoint.choose_checkpoint(ctx) == (other, True)
+    assert ckpt_loader.choose_checkpoint(ctx.cfg.checkpoint, ctx.run_dir) == (other, True)
     own = tmp_path / "iter_0000002"  # the run's own checkpoint wins over checkpoint.load
     own.mkdir()
     (own / "metadata.json").write_text("{}")
     (own / "meta.json").write_text("{}")
-    assert checkpoint.choose_checkpoint(ctx) == (own, False)
+    assert ckpt_loader.choose_checkpoint(ctx.cfg.checkpoint, ctx.run_dir) == (own, False)
     ctx.cfg.checkpoint.resume = "never"
-    assert checkpoint.choose_checkpoint(ctx) == (other, True)
+    assert ckpt_loader.choose_checkpoint(ctx.cfg.checkpoint, ctx.run_dir) == (other, True)
 
 
 def test_unwritable_run_dir_is_a_clear_error(tmp_path: Path) -> None:
@@ -112,7 +115,7 @@ def test_unwritable_run_dir_is_a_clear_error(tmp_path: Path) -> None:
     blocker.write_text("x")
     run = blocker / "run"  # cannot be created: its parent is a file
     with pytest.raises(CheckpointError, match=r"cannot create checkpoint directory .*a_file/run"):
-        checkpoint._prepare_tmp(run, run / "iter_0000003.tmp-incomplete")
+        ckpt_saver.prepare_tmp(run, run / "iter_0000003.tmp-incomplete")
     run = tmp_path / "run"
     old = run / "iter_0000002"
     old.mkdir(parents=True)
@@ -122,7 +125,7 @@ def test_unwritable_run_dir_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(
         CheckpointError, match=r"writable .* previous checkpoint \(\S*iter_0000002\)"
     ):
-        checkpoint._prepare_tmp(run, run / "iter_0000004.tmp-incomplete")
+        ckpt_saver.prepare_tmp(run, run / "iter_0000004.tmp-incomplete")
     assert old.is_dir()
 
 
@@ -130,4 +133,4 @@ def test_unwritable_run_dir_is_a_clear_error(tmp_path: Path) -> None:
 def test_negative_options_are_refused(ctx: SimpleNamespace, key: str) -> None:
     setattr(ctx.cfg.checkpoint, key, -1)
     with pytest.raises(CheckpointError, match=f"checkpoint.{key}=-1 is negative"):
-        checkpoint.choose_checkpoint(ctx)
+        ckpt_loader.choose_checkpoint(ctx.cfg.checkpoint, ctx.run_dir)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pretrain import ckpt_safety
-from pretrain.ckpt_meta import CheckpointError
+from pretrain.checkpoint import CheckpointError
+from pretrain.checkpoint import safety as ckpt_safety
 
 
 class _Evil:

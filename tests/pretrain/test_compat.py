@@ -15,7 +15,7 @@ def test_apply_patches_megatron_modules_only():
     from megatron.core import utils as megatron_utils
     from megatron.core.pipeline_parallel import schedules
 
-    assert isinstance(schedules.torch, compat._TorchProxy)
+    assert isinstance(schedules.torch, compat.TorchProxy)
     # inside megatron: hard-coded CUDA allocations land on the CPU
     made = megatron_utils.torch.zeros([], dtype=torch.int, device="cuda")
     assert made.device.type == "cpu"
@@ -24,7 +24,7 @@ def test_apply_patches_megatron_modules_only():
     with pytest.raises((AssertionError, RuntimeError)):
         torch.zeros(1, device="cuda")
     assert torch.zeros(1).type() == "torch.FloatTensor"
-    with compat._cuda_tensor_names():
+    with compat.cuda_tensor_names():
         assert torch.zeros(1).type() == "torch.cuda.FloatTensor"
     assert torch.zeros(1).type() == "torch.FloatTensor"
 

@@ -15,9 +15,16 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pretrain.config import ConfigError
+from pretrain.checkpoint.layout import META_FILE
+from pretrain.checkpoint.state import DISTOPT_SHARDING
+from pretrain.config import ConfigError, ModelConfig, PretrainConfig
+from pretrain.state import TrainState
+
+if TYPE_CHECKING:
+    from pretrain.context import TrainContext
+    from pretrain.parallel import DistInfo
 
 FORMAT_VERSION = 1
 """Version of our checkpoint layout (bumped on incompatible changes)."""
@@ -74,27 +81,50 @@ def scrub_secrets(obj: Any, secrets: set[str] | None = None) -> Any:
     return obj
 
 
-def arch_of(model_cfg: Any, vocab_size: int | None) -> dict[str, Any]:
+def arch_of(model_cfg: ModelConfig, vocab_size: int | None) -> dict[str, Any]:
     """The architecture properties of a ModelConfig that a checkpoint must agree on."""
-    arch = {
-        "num_layers": model_cfg.num_layers,
-        "hidden_size": model_cfg.hidden_size,
-        "num_attention_heads": model_cfg.num_attention_heads,
-        "kv_heads": model_cfg.kv_heads(),
-        "ffn_size": model_cfg.ffn_size(),
-        "position_embedding_type": model_cfg.position_embedding_type,
-        "normalization": model_cfg.normalization,
-        "activation": model_cfg.activation,
-        "add_bias_linear": model_cfg.add_bias_linear,
-        "share_embeddings_and_output_weights": model_cfg.share_embeddings_and_output_weights,
-        "vocab_size": vocab_size,
+    arch: dict[str, Any] = {
+        key: getattr(model_cfg, key) for key in ARCH_KEYS if key not in ("kv_heads", "ffn_size")
     }
+    arch["kv_heads"] = model_cfg.kv_heads()
+    arch["ffn_size"] = model_cfg.ffn_size()
+    arch["vocab_size"] = vocab_size
     if model_cfg.position_embedding_type == "learned_absolute":
         arch["max_position_embeddings"] = model_cfg.max_position_embeddings
     return arch
 
 
-def data_fingerprint(cfg: Any, manifests: list[dict]) -> list[dict[str, Any]]:
+def model_config_from_meta(meta: dict[str, Any]) -> ModelConfig:
+    """The ModelConfig a checkpoint was trained with (from meta.json's resolved config).
+
+    Keys this version does not know are ignored, missing ones take their defaults, so older
+    and newer checkpoints still load.
+    """
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    saved = meta.get("config", {}).get("model", {})
+    return ModelConfig(**{k: v for k, v in saved.items() if k in known})
+
+
+def layout_of(cfg: PretrainConfig, dist: DistInfo) -> dict[str, Any]:
+    """The parallel layout this process group runs at (recorded in meta.json)."""
+    return {
+        **dist.layout(),
+        "use_distributed_optimizer": cfg.parallel.use_distributed_optimizer,
+        "distrib_optim_sharding_type": DISTOPT_SHARDING,
+    }
+
+
+SINGLE_PROCESS_LAYOUT = {
+    "world_size": 1,
+    "tensor_model_parallel_size": 1,
+    "pipeline_model_parallel_size": 1,
+    "virtual_pipeline_model_parallel_size": None,
+    "data_parallel_size": 1,
+}
+"""Layout of a model-only checkpoint written by one process (Hugging Face import)."""
+
+
+def data_fingerprint(cfg: PretrainConfig, manifests: list[dict]) -> list[dict[str, Any]]:
     """One entry per data.paths item: path and the sha256 of its manifest.json bytes."""
     return [
         {"path": str(path), "sha256": man.get("sha256")}
@@ -111,26 +141,60 @@ def tokenizer_of(manifests: list[dict]) -> dict[str, Any]:
     return {k: tok.get(k) for k in keys}
 
 
-def build_meta(ctx: Any, layout: dict[str, Any], vocab_size: int | None) -> dict[str, Any]:
-    """Everything `meta.json` records for the checkpoint being written now."""
-    cfg = ctx.cfg
+def tokenizer_vocab(cfg: PretrainConfig, manifests: list[dict]) -> int | None:
+    """The vocabulary size of this run: model.vocab_size, else the data tokenizer's."""
+    return cfg.model.vocab_size or tokenizer_of(manifests).get("vocab_size")
+
+
+def build_meta(
+    cfg: PretrainConfig,
+    *,
+    train_state: TrainState,
+    layout: dict[str, Any],
+    tokenizer: dict[str, Any],
+    data: list[dict[str, Any]],
+    vocab_size: int | None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Everything `meta.json` records (training saves and Hugging Face imports alike)."""
     return {
         "format_version": FORMAT_VERSION,
-        "step": ctx.state.step,
-        "train_state": ctx.state.to_dict(),
+        "step": train_state.step,
+        "train_state": train_state.to_dict(),
         "layout": layout,
         "arch": arch_of(cfg.model, vocab_size),
         "precision": cfg.precision,
-        "tokenizer": tokenizer_of(ctx.data_manifests),
-        "data": data_fingerprint(cfg, ctx.data_manifests),
+        "tokenizer": tokenizer,
+        "data": data,
         "config": scrub_secrets(dataclasses.asdict(cfg)),
         "saved_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        **extra,
     }
+
+
+def build_training_meta(ctx: TrainContext) -> dict[str, Any]:
+    """meta.json of the checkpoint a training run writes now."""
+    return build_meta(
+        ctx.cfg,
+        train_state=ctx.state,
+        layout=layout_of(ctx.cfg, ctx.dist),
+        tokenizer=tokenizer_of(ctx.data_manifests),
+        data=data_fingerprint(ctx.cfg, ctx.data_manifests),
+        vocab_size=tokenizer_vocab(ctx.cfg, ctx.data_manifests),
+    )
+
+
+def write_meta(ckpt_dir: Path, meta: dict[str, Any]) -> None:
+    """Write meta.json and a human-readable config.yaml (the resolved config) into ckpt_dir."""
+    import yaml  # PyYAML ships with omegaconf
+
+    (ckpt_dir / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    (ckpt_dir / "config.yaml").write_text(yaml.safe_dump(meta["config"], sort_keys=False))
 
 
 def read_meta(ckpt_dir: Path) -> dict[str, Any]:
     """Parse `meta.json` of a checkpoint (JSON only: nothing is executed)."""
-    path = ckpt_dir / "meta.json"
+    path = ckpt_dir / META_FILE
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
@@ -146,7 +210,7 @@ def read_meta(ckpt_dir: Path) -> dict[str, Any]:
 def check_compatible(
     meta: dict[str, Any],
     ckpt_dir: Path,
-    cfg: Any,
+    cfg: PretrainConfig,
     manifests: list[dict],
     vocab: int | None,
     weights_only: bool,
@@ -239,7 +303,7 @@ def schedule_changes(configured: dict[str, Any], restored: dict[str, Any]) -> li
     ]
 
 
-def resume_changes(meta: dict[str, Any], cfg: Any) -> list[str]:
+def resume_changes(meta: dict[str, Any], cfg: PretrainConfig) -> list[str]:
     """Allowed but notable config differences of a resumed run (see also schedule_changes).
 
     A new global batch size or sequence length keeps `consumed_samples`, but the samples are

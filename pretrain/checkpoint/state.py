@@ -22,10 +22,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from pretrain.context import TrainContext
 
 log = logging.getLogger("pretrain.checkpoint")
 
@@ -40,7 +43,7 @@ def unwrap(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def _model_key(index: int, count: int) -> str:
+def model_key(index: int, count: int) -> str:
     return "model" if count == 1 else f"model{index}"
 
 
@@ -69,7 +72,7 @@ def model_sharded_state_dict(model: list[torch.nn.Module]) -> dict[str, Any]:
     """Sharded state dicts of all chunks, keyed `model` or `model0..N` (Megatron-LM's names)."""
     chunks = [unwrap(m) for m in model]
     return {
-        _model_key(i, len(chunks)): _drop_empty_objects(
+        model_key(i, len(chunks)): _drop_empty_objects(
             chunk.sharded_state_dict(metadata=_sd_metadata())
         )
         for i, chunk in enumerate(chunks)
@@ -183,7 +186,7 @@ def _cpu_tensor_moves() -> Any:
     from pretrain import compat
 
     if compat.is_active():
-        return compat._cuda_tensor_names()
+        return compat.cuda_tensor_names()
     return contextlib.nullcontext()
 
 
@@ -246,7 +249,7 @@ def rng_sharded_state_dict(states: dict[str, torch.Tensor]) -> dict[str, Any]:
 # ---- full state ---------------------------------------------------------------------------
 
 
-def build_save_state(ctx: Any) -> dict[str, Any]:
+def build_save_state(ctx: TrainContext) -> dict[str, Any]:
     """The complete sharded state dict of a training context (see the module docstring)."""
     model_sd = model_sharded_state_dict(ctx.model)
     state: dict[str, Any] = dict(model_sd)
@@ -272,7 +275,7 @@ def select_rng(states: dict[str, torch.Tensor], saved: list[str] | None) -> dict
 
 
 def build_load_request(
-    ctx: Any, weights_only: bool, with_rng: bool, rng_keys: list[str] | None = None
+    ctx: TrainContext, weights_only: bool, with_rng: bool, rng_keys: list[str] | None = None
 ) -> dict[str, Any]:
     """The sharded state dict describing what to read back (tensors are filled in place).
 
@@ -287,11 +290,11 @@ def build_load_request(
     return request
 
 
-def apply_loaded(ctx: Any, loaded: dict[str, Any], weights_only: bool) -> None:
+def apply_loaded(ctx: TrainContext, loaded: dict[str, Any], weights_only: bool) -> None:
     """Copy a loaded state dict into the model, optimizer, scheduler and RNGs (not TrainState)."""
     chunks = [unwrap(m) for m in ctx.model]
     for i, chunk in enumerate(chunks):
-        chunk.load_state_dict(loaded[_model_key(i, len(chunks))], strict=True)
+        chunk.load_state_dict(loaded[model_key(i, len(chunks))], strict=True)
     if weights_only:
         # Mixed precision keeps fp32 main copies of the weights: refresh them from the model.
         ctx.optimizer.reload_model_params()

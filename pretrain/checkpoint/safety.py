@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from pretrain.ckpt_meta import CheckpointError
+from pretrain.checkpoint.meta import CheckpointError
 
 _DCP_MODULES = (
     "torch.distributed.checkpoint.metadata",

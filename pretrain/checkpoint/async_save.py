@@ -10,14 +10,17 @@ from __future__ import annotations
 import importlib
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from pretrain.checkpoint.saver import Saver
 
 log = logging.getLogger("pretrain.checkpoint")
 
 
-def async_queue(saver: Any) -> Any:
+def async_queue(saver: Saver) -> Any:
     """The saver's AsyncCallsQueue (created on first use; temporal = one fork per save)."""
     if saver.queue is None:
         from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
@@ -26,7 +29,7 @@ def async_queue(saver: Any) -> Any:
     return saver.queue
 
 
-def finalize_async(saver: Any, blocking: bool) -> None:
+def finalize_async(saver: Saver, blocking: bool) -> None:
     """Complete finished background saves (collective; every rank has the same queue)."""
     if saver.queue is None or saver.queue.get_num_unfinalized_calls() == 0:
         return
@@ -89,4 +92,4 @@ def prepare_dist_checkpointing() -> None:
     for name in _CKPT_CUDA_MODULES:
         module = importlib.import_module(name)
         if getattr(module, "torch", None) is torch:
-            module.torch = compat._TorchProxy()
+            module.torch = compat.TorchProxy()

@@ -1,4 +1,4 @@
-"""Build everything a training run needs: wrapped model, optimizer, scheduler, data, logger.
+"""Optimizer, LR schedule and the schedule hooks, on megatron-core.
 
 Each `build_*` receives only the sub-configs it needs; `pretrain.train.setup` strings them
 together into a `TrainContext`.
@@ -7,43 +7,18 @@ together into a `TrainContext`.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from pretrain.config import OptimConfig, ParallelConfig, Precision
 from pretrain.model import torch_dtype
 
+if TYPE_CHECKING:
+    from megatron.core.optimizer import MegatronOptimizer
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
 log = logging.getLogger(__name__)
-
-
-def wrap_model(
-    chunks: list[torch.nn.Module], parallel_cfg: ParallelConfig, precision: Precision
-) -> list[torch.nn.Module]:
-    """Float16Module (bf16/fp16) + megatron DistributedDataParallel, one per chunk."""
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-    from megatron.core.transformer.module import Float16Module
-
-    config = chunks[0].config
-    ddp_config = DistributedDataParallelConfig(
-        grad_reduce_in_fp32=True,
-        overlap_grad_reduce=parallel_cfg.overlap_grad_reduce,
-        overlap_param_gather=parallel_cfg.overlap_param_gather,
-        use_distributed_optimizer=parallel_cfg.use_distributed_optimizer,
-        check_for_nan_in_grad=False,
-    )
-    wrapped = []
-    for index, chunk in enumerate(chunks):
-        module = Float16Module(config, chunk) if precision != "fp32" else chunk
-        wrapped.append(
-            DistributedDataParallel(
-                config=config,
-                ddp_config=ddp_config,
-                module=module,
-                disable_bucketing=index > 0,
-            )
-        )
-    return wrapped
 
 
 def build_optimizer(
@@ -51,7 +26,7 @@ def build_optimizer(
     optim_cfg: OptimConfig,
     parallel_cfg: ParallelConfig,
     precision: Precision,
-) -> Any:
+) -> MegatronOptimizer:
     """megatron's get_megatron_optimizer (AdamW/SGD; fp16 dynamic loss scaling; ZeRO-1)."""
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
@@ -78,7 +53,9 @@ def build_optimizer(
     return get_megatron_optimizer(config, model)
 
 
-def build_scheduler(optimizer: Any, optim_cfg: OptimConfig, max_steps: int) -> Any:
+def build_scheduler(
+    optimizer: MegatronOptimizer, optim_cfg: OptimConfig, max_steps: int
+) -> OptimizerParamScheduler:
     """OptimizerParamScheduler: linear warmup, then cosine/linear/constant decay to min_lr."""
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
@@ -101,7 +78,7 @@ def build_scheduler(optimizer: Any, optim_cfg: OptimConfig, max_steps: int) -> A
 
 
 def configure_model_hooks(
-    model: list[torch.nn.Module], optimizer: Any, parallel_cfg: ParallelConfig
+    model: list[torch.nn.Module], optimizer: MegatronOptimizer, parallel_cfg: ParallelConfig
 ) -> None:
     """Wire megatron's schedule hooks (as Megatron-LM's training.py does)."""
     from megatron.core.distributed import finalize_model_grads

@@ -1,0 +1,146 @@
+"""Which checkpoint a run starts from, the checks before loading it, and restoring it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pretrain import faults
+from pretrain.checkpoint import layout, meta, safety, state
+from pretrain.checkpoint.async_save import prepare_dist_checkpointing
+from pretrain.checkpoint.meta import CheckpointError
+from pretrain.config import CheckpointConfig
+
+if TYPE_CHECKING:
+    from pretrain.context import TrainContext
+    from pretrain.state import TrainState
+
+log = logging.getLogger("pretrain.checkpoint")
+
+RESUME_CHOICES = ("auto", "never")
+"""Allowed values of checkpoint.resume."""
+
+_LAYOUT_KEYS = (
+    "world_size",
+    "tensor_model_parallel_size",
+    "pipeline_model_parallel_size",
+    "virtual_pipeline_model_parallel_size",
+    "data_parallel_size",
+)
+
+
+def check_options(cfg: CheckpointConfig) -> None:
+    """CheckpointError for checkpoint.* values that make no sense (before any training step)."""
+    if cfg.resume not in RESUME_CHOICES:
+        raise CheckpointError(f"checkpoint.resume={cfg.resume!r}: choose one of {RESUME_CHOICES}")
+    for key in ("save_interval", "save_interval_minutes", "keep_last"):
+        if getattr(cfg, key) < 0:
+            raise CheckpointError(
+                f"checkpoint.{key}={getattr(cfg, key)} is negative; use 0 to turn it off "
+                "(keep_last=0 keeps all checkpoints)"
+            )
+
+
+def choose_checkpoint(cfg: CheckpointConfig, run_dir: Path) -> tuple[Path | None, bool]:
+    """Which checkpoint to start from, and whether to take only its weights.
+
+    A complete checkpoint in this run's own directory always wins (with resume=auto), so a
+    preempted and requeued job resumes itself even when its command line has checkpoint.load.
+    """
+    check_options(cfg)
+    if cfg.resume == "auto":
+        own = layout.read_latest(run_dir)
+        if own is not None:
+            if cfg.load:
+                log.info(
+                    "resuming %s; checkpoint.load=%s is ignored (run has its own)", own, cfg.load
+                )
+            return own, False
+    if cfg.load:
+        try:
+            return layout.resolve_load_path(Path(cfg.load)), bool(cfg.weights_only)
+        except FileNotFoundError as exc:
+            raise CheckpointError(str(exc)) from exc
+    if cfg.weights_only:
+        log.warning("checkpoint.weights_only=true has no effect without checkpoint.load")
+    return None, False
+
+
+def load_at_start(ctx: TrainContext) -> None:
+    """Restore model/optimizer/scheduler/TrainState/RNG from a checkpoint, if one applies."""
+    prepare_dist_checkpointing()
+    path, weights_only = choose_checkpoint(ctx.cfg.checkpoint, ctx.run_dir)
+    if path is None:
+        log.info("no checkpoint to resume in %s: starting from step 0", ctx.run_dir)
+        return
+    load_checkpoint(ctx, path, weights_only)
+    ctx.saver.last_save_time = time.monotonic()
+    if path.parent.resolve() == ctx.run_dir.resolve():
+        ctx.saver.last_saved_step = ctx.state.step  # this run dir already has this step
+    if ctx.dist.is_rank0:
+        faults.clear_marker(ctx.run_dir)
+
+
+def load_checkpoint(ctx: TrainContext, path: Path, weights_only: bool = False) -> dict[str, Any]:
+    """Load `path` into the context (collective); returns its meta.json."""
+    from megatron.core import dist_checkpointing
+
+    start = time.perf_counter()
+    saved = meta.read_meta(path)
+    vocab = meta.tokenizer_vocab(ctx.cfg, ctx.data_manifests)
+    meta.check_compatible(saved, path, ctx.cfg, ctx.data_manifests, vocab, weights_only)
+    safety.check_checkpoint_files(path)
+    for note in [] if weights_only else meta.resume_changes(saved, ctx.cfg):
+        log.warning("resuming %s with a changed config: %s", path, note)
+    now = meta.layout_of(ctx.cfg, ctx.dist)
+    same_layout = _same_layout(saved.get("layout", {}), now)
+    if not weights_only and not same_layout:
+        log.warning(
+            "checkpoint %s was saved at layout %s, loading at %s: weights and optimizer are "
+            "resharded; RNG states are re-seeded (dropout draws differ from an uninterrupted run)",
+            path,
+            _layout_str(saved.get("layout", {})),
+            ctx.dist.layout_str(),
+        )
+    request = state.build_load_request(
+        ctx, weights_only, with_rng=same_layout, rng_keys=saved.get("rng_keys")
+    )
+    loaded = dist_checkpointing.load(request, str(path))
+    if not weights_only:
+        loaded.setdefault("train_state", saved["train_state"])
+    configured = meta.schedule_of(ctx.scheduler)
+    state.apply_loaded(ctx, loaded, weights_only)
+    if not weights_only:
+        _copy_state(ctx.state, loaded["train_state"])
+        restored = meta.schedule_of(ctx.scheduler)
+        for note in meta.schedule_changes(configured, restored):
+            log.warning("resuming %s: %s", path, note)
+    log.info(
+        "loaded %s%s in %.2fs (step %d, %d samples consumed)",
+        path,
+        " (weights only)" if weights_only else "",
+        time.perf_counter() - start,
+        ctx.state.step,
+        ctx.state.consumed_samples,
+    )
+    return saved
+
+
+def _copy_state(target: TrainState, data: dict[str, Any]) -> None:
+    fresh = type(target).from_dict(data)
+    for f in fields(fresh):
+        setattr(target, f.name, getattr(fresh, f.name))
+
+
+def _same_layout(saved: dict[str, Any], now: dict[str, Any]) -> bool:
+    return all(saved.get(k) == now.get(k) for k in _LAYOUT_KEYS)
+
+
+def _layout_str(lay: dict[str, Any]) -> str:
+    return (
+        f"TP{lay.get('tensor_model_parallel_size')}xPP{lay.get('pipeline_model_parallel_size')}"
+        f"xDP{lay.get('data_parallel_size')}"
+    )

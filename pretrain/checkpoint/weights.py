@@ -1,0 +1,53 @@
+"""Model-only checkpoints: load a checkpoint's weights into model chunks; save weights alone.
+
+Used by the Hugging Face export (any saved layout -> one TP1/PP1 model) and import (a model-only
+`iter_0000000/` that any layout loads with `checkpoint.weights_only=true`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pretrain.checkpoint import layout, meta, safety, state
+from pretrain.checkpoint.async_save import prepare_dist_checkpointing
+
+
+def load_model_weights(chunks: list[torch.nn.Module], ckpt_dir: Path) -> None:
+    """Fill `chunks` (unwrapped GPTModels of any layout) from a checkpoint's model state.
+
+    The checkpoint's files are checked first (`safety`); megatron reshards on load.
+    Collective when torch.distributed runs several processes.
+    """
+    from megatron.core import dist_checkpointing
+
+    safety.check_checkpoint_files(ckpt_dir)
+    prepare_dist_checkpointing()
+    request = state.model_sharded_state_dict(chunks)
+    loaded = dist_checkpointing.load(request, str(ckpt_dir))
+    for index, chunk in enumerate(chunks):
+        chunk.load_state_dict(loaded[state.model_key(index, len(chunks))], strict=True)
+
+
+def save_model_weights(
+    chunks: list[torch.nn.Module], out_dir: Path, record: dict[str, Any], step: int = 0
+) -> Path:
+    """Save the chunks' weights as `out_dir/iter_<step>` with meta.json `record`, then `latest`.
+
+    Written under a temporary name and renamed when complete (single process).
+    """
+    from megatron.core import dist_checkpointing
+
+    final = out_dir / layout.iter_dir_name(step)
+    tmp = out_dir / (final.name + layout.TMP_SUFFIX)
+    tmp.mkdir(parents=True, exist_ok=False)
+    prepare_dist_checkpointing()
+    dist_checkpointing.save(state.model_sharded_state_dict(chunks), str(tmp))
+    meta.write_meta(tmp, record)
+    os.replace(tmp, final)
+    layout.fsync_dir(out_dir)
+    layout.write_latest(out_dir, final.name)
+    return final
