@@ -76,15 +76,23 @@ def unknown_keys(cfg: Any, schema: type, prefix: str = "", skip: tuple[str, ...]
 
 
 def _key_problem(dotted: str, schema: type) -> str | None:
-    """None if `dotted` (e.g. `train.max_steps`) is a key of `schema`, else the message."""
+    """None if `dotted` (e.g. `train.max_steps`) is a key of `schema`, else the message.
+
+    The suggestion replaces the first unknown part by its nearest valid name
+    (`trian.max_steps` -> `train.max_steps`).
+    """
     cls: type | None = schema
     parts = dotted.split(".")
     for depth, part in enumerate(parts):
         known = _dataclass_fields(cls) if cls is not None else {}
         if part not in known:
-            prefix = ".".join(parts[:depth])
-            names = [f"{prefix}.{name}" if prefix else name for name in known]
-            return f"unknown key '{dotted}'{nearest('.'.join(parts[: depth + 1]), names)}"
+            match = difflib.get_close_matches(part, list(known), n=1, cutoff=0.6)
+            hint = ""
+            if match:
+                hint = (
+                    f"; did you mean {'.'.join([*parts[:depth], match[0], *parts[depth + 1 :]])}?"
+                )
+            return f"unknown key '{dotted}'{hint}"
         cls = known[part]
         if cls is None:  # a plain value: `data.paths.0` style indexing is Hydra's business
             return None
@@ -99,7 +107,7 @@ def override_key_problems(args: list[str], schema: type, skip: tuple[str, ...]) 
     """
     problems = []
     for arg in args:
-        if arg.startswith("-") or "=" not in arg:
+        if arg.startswith("-") or ("=" not in arg and not arg.startswith("~")):
             continue
         key = arg.split("=", 1)[0].lstrip("+~")
         if "/" in key or key.split(".")[0] in skip or not key:

@@ -27,6 +27,22 @@ QUIET_OVERRIDES = {
 """Defaults that keep test runs fast; any key given by the caller wins."""
 
 
+def small_gpt_overrides(
+    data_dir: str | Path, steps: int, *, hidden: int = 64, micro_batch_size: int = 4
+) -> list[str]:
+    """The small 2-layer GPT most distributed tests train (global batch 8, warmup 1 step)."""
+    return [
+        f"data.paths=[{data_dir}]",
+        f"train.max_steps={steps}",
+        f"train.micro_batch_size={micro_batch_size}",
+        "train.global_batch_size=8",
+        "model.num_layers=2",
+        f"model.hidden_size={hidden}",
+        f"model.ffn_hidden_size={4 * hidden}",
+        "optim.warmup_steps=1",
+    ]
+
+
 @dataclass
 class RunResult:
     """Outcome of one launched run."""

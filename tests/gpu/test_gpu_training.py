@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests._dist import run_pretrain
+from tests._dist import run_pretrain, small_gpt_overrides
 
 pytestmark = [
     pytest.mark.gpu,
@@ -19,14 +19,7 @@ pytestmark = [
 
 def _base(data_dir, steps: int) -> list[str]:
     return [
-        f"data.paths=[{data_dir}]",
-        f"train.max_steps={steps}",
-        "train.micro_batch_size=4",
-        "train.global_batch_size=8",
-        "model.num_layers=2",
-        "model.hidden_size=128",
-        "model.ffn_hidden_size=512",
-        "optim.warmup_steps=1",
+        *small_gpt_overrides(data_dir, steps, hidden=128),
         "optim.lr=3e-3",
         "model.hidden_dropout=0.0",
         "model.attention_dropout=0.0",

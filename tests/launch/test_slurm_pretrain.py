@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._dist import QUIET_OVERRIDES, REPO_ROOT, read_metrics
+from tests._dist import QUIET_OVERRIDES, REPO_ROOT, read_metrics, small_gpt_overrides
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.slurm]
 
@@ -23,17 +23,7 @@ MAX_STEPS = 40
 
 def _overrides(data_dir: Path, run_dir: Path) -> list[str]:
     quiet = [f"{k}={v}" for k, v in QUIET_OVERRIDES.items()]
-    return quiet + [
-        f"run.dir={run_dir}",
-        f"data.paths=[{data_dir}]",
-        f"train.max_steps={MAX_STEPS}",
-        "train.micro_batch_size=4",
-        "train.global_batch_size=8",
-        "model.num_layers=2",
-        "model.hidden_size=64",
-        "model.ffn_hidden_size=256",
-        "optim.warmup_steps=1",
-    ]
+    return [*quiet, f"run.dir={run_dir}", *small_gpt_overrides(data_dir, MAX_STEPS)]
 
 
 def _job(cluster, job_id: str) -> dict[str, str]:

@@ -6,23 +6,13 @@ import math
 
 import pytest
 
-from tests._dist import run_pretrain
+from tests._dist import run_pretrain, small_gpt_overrides
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 
 def _base(data_dir, steps: int) -> list[str]:
-    return [
-        f"data.paths=[{data_dir}]",
-        f"train.max_steps={steps}",
-        "train.micro_batch_size=4",
-        "train.global_batch_size=8",
-        "model.num_layers=2",
-        "model.hidden_size=64",
-        "model.ffn_hidden_size=256",
-        "optim.warmup_steps=1",
-        "optim.lr=3e-3",
-    ]
+    return [*small_gpt_overrides(data_dir, steps), "optim.lr=3e-3"]
 
 
 def test_bf16_trains_and_a_nan_step_is_skipped(prepared_data, tmp_path):
