@@ -1,22 +1,28 @@
 """Checkpoint throughput: save/load GB/s of a ~100M-parameter GPT vs a raw write of the same bytes.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/checkpoint.py [--layers 12 --hidden 768 --dir DIR]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/checkpoint.py --smoke   # 0.7M parameters, 1 repeat
 
 One process (gloo, CPU or GPU). Builds the model and a megatron optimizer with Adam state,
 then times `pretrain.checkpoint.save_checkpoint` (sync), the same save with
 `checkpoint.async_save=true` (blocking time = how long training stops), `load_checkpoint`, and
 a plain `write + fsync` / `read` of the same number of bytes in the same directory, each
-`--repeat` times (median). Prints a table and one JSON line.
+`--repeat` times (median). Everything is written in a fresh temporary folder inside `--dir`
+(default `checkpoints/bench_checkpoint` of this checkout), removed at the end. Needs no data.
+Prints a table and one JSON line (prefix `BENCH_JSON `).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
@@ -26,7 +32,11 @@ import torch
 if TYPE_CHECKING:
     from pretrain.context import TrainContext
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+warnings.filterwarnings("ignore")
+SMOKE = {"layers": 2, "hidden": 128, "vocab": 1000, "repeat": 1}
+"""--smoke: a 0.7M-parameter model saved and loaded once (seconds; the test suite runs it)."""
 
 
 def _dir_bytes(path: Path) -> int:
@@ -98,11 +108,24 @@ def _median(values: list[float]) -> float:
 
 
 def measure(args: argparse.Namespace) -> dict:
-    """Run every timing `args.repeat` times (median); returns the result record."""
+    """Run every timing `args.repeat` times (median) in a temporary folder inside `args.dir`."""
+    parent = Path(args.dir)
+    created = not parent.exists()
+    parent.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=parent))  # never touches other files
+    try:
+        return _timed(args, run_dir)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):  # left alone if another run is using it
+                parent.rmdir()
+
+
+def _timed(args: argparse.Namespace, run_dir: Path) -> dict:
+    """Build the context in `run_dir`, time saves, loads and raw I/O; the result record."""
     from pretrain import checkpoint
 
-    run_dir = Path(args.dir)
-    shutil.rmtree(run_dir, ignore_errors=True)
     ctx = build_context(args, run_dir)
     ctx.cfg.checkpoint.keep_last = 1
     checkpoint.save_checkpoint(ctx)  # warm-up (imports, strategy caches)
@@ -127,7 +150,6 @@ def measure(args: argparse.Namespace) -> dict:
         write_s, read_s = raw_write_read(run_dir / "raw.bin", num_bytes)
         writes.append(write_s)
         reads.append(read_s)
-    shutil.rmtree(run_dir, ignore_errors=True)
     gb = num_bytes / 1e9
     save_s, load_s, write_s, read_s = map(_median, (saves, loads, writes, reads))
     return {
@@ -148,15 +170,32 @@ def measure(args: argparse.Namespace) -> dict:
     }
 
 
-def main() -> None:
-    """Parse arguments, run, print a table and one JSON line."""
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options; --smoke fills in the sizes left unset."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, default=12)
-    parser.add_argument("--hidden", type=int, default=768)
-    parser.add_argument("--vocab", type=int, default=32000)
-    parser.add_argument("--dir", default="checkpoints/bench_checkpoint")
-    parser.add_argument("--repeat", type=int, default=3, help="timed repetitions (median)")
-    args = parser.parse_args()
+    parser.add_argument("--layers", type=int, default=None, help="transformer layers (12)")
+    parser.add_argument("--hidden", type=int, default=None, help="a multiple of 64 (768)")
+    parser.add_argument("--vocab", type=int, default=None, help="vocabulary size (32000)")
+    parser.add_argument(
+        "--dir",
+        default=str(REPO / "checkpoints" / "bench_checkpoint"),
+        help="folder to write in (a temporary subfolder; default checkpoints/bench_checkpoint)",
+    )
+    parser.add_argument("--repeat", type=int, default=None, help="timed repetitions, median (3)")
+    parser.add_argument("--smoke", action="store_true", help=f"small sizes: {SMOKE}")
+    args = parser.parse_args(argv)
+    defaults = SMOKE if args.smoke else {"layers": 12, "hidden": 768, "vocab": 32000, "repeat": 3}
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.hidden < 64 or args.hidden % 64 or min(args.layers, args.vocab, args.repeat) < 1:
+        parser.error("--hidden must be a multiple of 64; --layers, --vocab, --repeat >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run, print a table and one JSON line."""
+    args = parse_args(argv)
     import logging
 
     logging.basicConfig(level=logging.WARNING)
@@ -172,14 +211,15 @@ def main() -> None:
         ("load", rec["load_s"], rec["load_gbps"]),
         ("raw write+fsync", rec["bytes"] / 1e9 / rec["raw_write_gbps"], rec["raw_write_gbps"]),
         ("raw read", rec["bytes"] / 1e9 / rec["raw_read_gbps"], rec["raw_read_gbps"]),
-        ("async save: blocking", rec["async_blocking_s"], float("nan")),
-        ("async save: total", rec["async_total_s"], float("nan")),
+        ("async save: blocking", rec["async_blocking_s"], None),
+        ("async save: total", rec["async_total_s"], None),
     ]
     print(f"{'operation':<24}{'seconds':>10}{'GB/s':>10}")
     for name, secs, gbps in rows:
-        print(f"{name:<24}{secs:>10.3f}{gbps:>10.3f}")
-    print(json.dumps(rec))
+        print(f"{name:<24}{secs:>10.3f}{'' if gbps is None else f'{gbps:.3f}':>10}")
+    print("BENCH_JSON " + json.dumps(rec), flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
