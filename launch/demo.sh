@@ -3,7 +3,7 @@
 #   1. prepare the corpus (SentencePiece BPE + Megatron indexed shards + manifest)
 #   2. train model=tiny with torchrun --nproc-per-node 2 at TP=2 for DEMO_STEPS/2 steps, checkpointing
 #   3. stop, resume from the checkpoint and continue to DEMO_STEPS steps (checkpoint.resume=auto)
-#   4. export the final checkpoint to a Hugging Face folder and sample from it with transformers
+#   4. export the final checkpoint to a Hugging Face folder, sample from it (pretrain.generate)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -34,19 +34,10 @@ step "3/4 resume from checkpoints/$RUN/latest and continue to step $STEPS"
 step "4/4 export to Hugging Face format and sample from the exported model"
 "$PY" -m pretrain.export_hf checkpoint="checkpoints/$RUN/latest" output="checkpoints/$RUN/hf" \
   overwrite=true sample_prompt=null
-"$PY" - "checkpoints/$RUN/hf" <<'PYEOF'
-import sys
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-path = sys.argv[1]
-tok = AutoTokenizer.from_pretrained(path)
-model = AutoModelForCausalLM.from_pretrained(path).eval()
-prompt = "def main(args):\n    "
-ids = tok(prompt, return_tensors="pt").input_ids
-torch.manual_seed(0)
-out = model.generate(ids, max_new_tokens=64, do_sample=True, temperature=0.8, top_k=40)
-print("---- sample from the exported Hugging Face model ----")
-print(tok.decode(out[0], skip_special_tokens=True))
-PYEOF
+# the default prompt (sample.prompt, "def main(args):\n") encoded as the data was: no BOS,
+# no trailing space; the text printed is the prompt + the continuation decoded in context
+echo "---- sample from the exported Hugging Face model (python -m pretrain.generate) ----"
+"$PY" -m pretrain.generate hf="checkpoints/$RUN/hf" max_new_tokens=64 temperature=0.8 top_k=40 \
+  seed=0
 echo
 echo "Run folder: checkpoints/$RUN (metrics.jsonl, report.png, iter_*/, hf/, wandb/)"

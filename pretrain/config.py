@@ -231,16 +231,23 @@ class LoggingConfig:
     """Python logging level on rank 0."""
     report: bool = True
     """Write report.png at the end of training."""
+    tensorboard: bool = False
+    """Also write the metrics rows' scalars as TensorBoard events to ${run.dir}/tensorboard/
+    (rank 0; a resumed job appends and hides the steps it replays)."""
 
 
 @dataclass
 class SampleConfig:
+    """End-of-training text sample (`pretrain/sample.py`; `pretrain.generate` shares it)."""
+
     enabled: bool = True
     """Generate a text sample with the trained model at the end of training."""
-    prompt: str = "def "
-    """Prompt text (encoded with the data's tokenizer)."""
+    prompt: str = "def main(args):\n"
+    """Prompt text, encoded exactly as the data's documents (SentencePiece ids, no BOS). End it
+    at a natural token boundary such as a newline: a trailing space is a token of its own that
+    the data rarely has, so the model continues it badly."""
     max_new_tokens: int = 32
-    """Tokens to generate."""
+    """Tokens to generate (fewer if EOD comes first or train.seq_length is reached)."""
     temperature: float = 0.8
     """0 = greedy; otherwise softmax temperature."""
     top_k: int = 40

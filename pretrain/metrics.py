@@ -1,10 +1,26 @@
-"""Run output on rank 0: console lines, metrics.jsonl, Weights & Biases; throughput and MFU."""
+"""Run output on rank 0: console lines, metrics.jsonl, W&B, TensorBoard; throughput and MFU.
+
+metrics.jsonl holds one JSON row per logged step (an evaluation at that step, the final one
+included, is merged into the step's row). On resume, rank 0 first rewrites it to the rows of
+steps <= the resumed step, so steps replayed after a crash appear once.
+
+W&B offline: wandb (0.2x-0.3x) writes one `offline-run-<time>-<id>/run-<id>.wandb` folder per
+process and never reuses an existing one (`wandb.init` even adds a `-1` suffix to avoid it), so
+a run resumed N times has N+1 folders, all with the run id kept in the checkpoint
+(`TrainState.wandb_run_id`, `resume="allow"`). `wandb sync RUN_DIR/wandb/offline-run-*` groups
+the folders of one id and uploads them in start-time order as one run.
+
+TensorBoard (`logging.tensorboard`): `${run.dir}/tensorboard/`, appended by every job; each job
+starts with `purge_step` = resumed step + 1, so TensorBoard drops the events a crashed job wrote
+after the checkpoint it resumed from.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
+import os
 import uuid
 from dataclasses import asdict
 from pathlib import Path
@@ -13,6 +29,7 @@ from typing import Any, Protocol
 import torch
 
 from pretrain.config import LoggingConfig, PretrainConfig
+from pretrain.progress import console_line
 from pretrain.state import TrainState
 
 log = logging.getLogger("pretrain")
@@ -54,19 +71,21 @@ def memory_gib() -> float:
     return psutil.Process().memory_info().rss / 2**30
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+FINAL_KEYS = ("step", "loss", "valid_loss", "valid_ppl", "consumed_tokens")
+"""Keys of the last metrics row that the W&B / TensorBoard summary holds (as `final_<key>`)."""
+
+NOT_SCALARS = ("step", "max_steps")
+"""Row keys that are not plotted as scalars (the x axis, a constant)."""
 
 
 class RunLogger(Protocol):
     """What the training loop logs through (rank 0: MetricsLogger, elsewhere NullLogger)."""
 
+    last_record: dict[str, Any] | None
+    """The newest metrics row: logged by this job, or kept from an earlier one on resume."""
+
     def log(self, record: dict[str, Any]) -> None:
-        """One metrics row (a step, or an evaluation)."""
+        """One metrics row (a step, with the evaluation at that step if any)."""
 
     def summary(self, values: dict[str, Any]) -> None:
         """Final values of the run."""
@@ -76,7 +95,8 @@ class RunLogger(Protocol):
 
 
 class MetricsLogger:
-    """Writes one JSON object per logged step; prints a console line; mirrors to W&B.
+    """Writes one JSON object per logged step; prints a console line; mirrors to W&B and
+    TensorBoard.
 
     Only rank 0 creates one (`build_logger` returns a `NullLogger` elsewhere).
     """
@@ -84,19 +104,25 @@ class MetricsLogger:
     def __init__(self, cfg: PretrainConfig, run_dir: Path, state: TrainState) -> None:
         self.path = run_dir / "metrics.jsonl"
         run_dir.mkdir(parents=True, exist_ok=True)
-        if state.step == 0 and self.path.exists():
-            self.path.unlink()  # a fresh run (not a resume) starts a fresh metrics file
+        kept = truncate_metrics(self.path, state.step)  # a fresh run (step 0) keeps nothing
+        self.last_record: dict[str, Any] | None = kept[-1] if kept else None
         self._file = self.path.open("a", encoding="utf-8")
         self.wandb = _init_wandb(cfg, run_dir, state)
+        self.tensorboard = _init_tensorboard(cfg.logging, run_dir, state.step)
 
     def log(self, record: dict[str, Any]) -> None:
-        """Append a record (rank 0)."""
+        """Append a row (rank 0), mirror it, print it."""
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
+        self.last_record = record
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+        if self.tensorboard is not None:
+            for key, value in scalar_items(record).items():
+                self.tensorboard.add_scalar(key, value, global_step=record["step"])
+            self.tensorboard.flush()
         if "loss" in record:
-            log.info(_console_line(record))
+            log.info(console_line(record))
         if record.get("valid_loss") is not None:
             log.info(
                 "step %d | valid loss %.4f | valid ppl %.2f",
@@ -106,14 +132,22 @@ class MetricsLogger:
             )
 
     def summary(self, values: dict[str, Any]) -> None:
-        """Final values (W&B summary)."""
+        """Final values: the W&B summary, and TensorBoard scalars at the last logged step."""
         if self.wandb is not None:
             for key, value in values.items():
                 self.wandb.summary[key] = value
+        if self.tensorboard is not None:
+            step = (self.last_record or {}).get("step", 0)
+            for key, value in scalar_items(values).items():
+                self.tensorboard.add_scalar(key, value, global_step=step)
+            self.tensorboard.flush()
 
     def finish(self) -> None:
-        """Close files and the W&B run."""
+        """Close files, the TensorBoard writer and the W&B run."""
         self._file.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
         if self.wandb is not None:
             self.wandb.finish()
             self.wandb = None
@@ -121,6 +155,9 @@ class MetricsLogger:
 
 class NullLogger:
     """Logger for ranks other than 0: does nothing."""
+
+    last_record: dict[str, Any] | None = None
+    """Always None: only rank 0 keeps rows."""
 
     def log(self, record: dict[str, Any]) -> None:
         return None
@@ -135,6 +172,67 @@ class NullLogger:
 def build_logger(cfg: PretrainConfig, run_dir: Path, state: TrainState, rank: int) -> RunLogger:
     """MetricsLogger on global rank 0, NullLogger elsewhere."""
     return MetricsLogger(cfg, run_dir, state) if rank == 0 else NullLogger()
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl rows in file order; an unreadable line (torn by a kill) is dropped."""
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+    return rows
+
+
+def rows_until(rows: list[dict[str, Any]], step: int) -> list[dict[str, Any]]:
+    """One row per step <= `step`, in step order; rows of one step are merged (later wins)."""
+    by_step: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        if row["step"] <= step:
+            by_step.setdefault(row["step"], {}).update(row)
+    return [by_step[k] for k in sorted(by_step)]
+
+
+def truncate_metrics(path: Path, step: int) -> list[dict[str, Any]]:
+    """Keep the rows of steps <= `step` in `path` (atomic rewrite); returns them.
+
+    A job resumed from the checkpoint of `step` replays the steps after it, so the rows a
+    crashed job wrote for them go. Nothing is rewritten when nothing changes.
+    """
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    kept = rows_until(read_rows(path), step)
+    if len(kept) != len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("w", encoding="utf-8") as out:
+            out.writelines(json.dumps(row) + "\n" for row in kept)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+        log.info("metrics.jsonl: kept %d rows up to step %d", len(kept), step)
+    return kept
+
+
+def scalar_items(record: dict[str, Any]) -> dict[str, float]:
+    """The plottable values of a row: numbers, not booleans or None, without step/max_steps."""
+    return {
+        key: float(value)
+        for key, value in record.items()
+        if key not in NOT_SCALARS
+        and isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    }
+
+
+def final_values(record: dict[str, Any] | None) -> dict[str, Any]:
+    """`final_<key>` of the last row's FINAL_KEYS that it has (the run's summary)."""
+    record = record or {}
+    return {f"final_{k}": record[k] for k in FINAL_KEYS if record.get(k) is not None}
 
 
 def _init_wandb(cfg: PretrainConfig, run_dir: Path, state: TrainState) -> Any:
@@ -159,25 +257,13 @@ def _init_wandb(cfg: PretrainConfig, run_dir: Path, state: TrainState) -> Any:
     )
 
 
-def _console_line(r: dict[str, Any]) -> str:
-    parts = [
-        f"step {r['step']}/{r['max_steps']}",
-        f"loss {_fmt(r['loss'])}",
-        f"lr {r['lr']:.3e}",
-        f"grad_norm {_fmt(r['grad_norm'])}",
-        f"tok/s {r['tokens_per_s']:.0f}",
-        f"TFLOP/s/dev {r['tflops_per_device']:.3g}",
-    ]
-    if r.get("mfu") is not None:
-        parts.append(f"MFU {100 * r['mfu']:.1f}%")
-    parts.append(
-        f"time data/fwd-bwd/opt {1000 * r['data_s']:.0f}/{1000 * r['fwd_bwd_s']:.0f}/"
-        f"{1000 * r['optim_s']:.0f} ms"
-    )
-    parts.append(f"mem {r['mem_gib']:.2f} GiB")
-    if r.get("skipped"):
-        parts.append("SKIPPED" + (" (fp16 overflow)" if r.get("overflow") else " (non-finite)"))
-    return " | ".join(parts)
+def _init_tensorboard(logging_cfg: LoggingConfig, run_dir: Path, step: int) -> Any:
+    if not logging_cfg.tensorboard:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    # purge_step: TensorBoard hides the events of steps >= it that earlier files hold
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=step + 1)
 
 
 def perplexity(loss: float) -> float:

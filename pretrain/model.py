@@ -272,12 +272,12 @@ def count_parameters(model_cfg: ModelConfig, padded_vocab: int) -> int:
     attn = h * (h + 2 * kv) + h * h + (h + 2 * kv + h if bias else 0)
     mlp_in = ffn * (2 if model_cfg.activation == "swiglu" else 1)
     mlp = h * mlp_in + ffn * h + ((mlp_in + h) if bias else 0)
-    norms = 2 * h * (2 if model_cfg.normalization == "LayerNorm" else 1)
+    norm = h * (2 if model_cfg.normalization == "LayerNorm" else 1)  # weight (+ bias)
     emb = padded_vocab * h
     if model_cfg.position_embedding_type == "learned_absolute":
         emb += model_cfg.max_position_embeddings * h
     out = 0 if model_cfg.share_embeddings_and_output_weights else padded_vocab * h
-    return layers * (attn + mlp + norms) + emb + out + h * 2
+    return layers * (attn + mlp + 2 * norm) + emb + out + norm  # + the final norm
 
 
 def flops_per_token(model_cfg: ModelConfig, padded_vocab: int, seq_length: int) -> float:

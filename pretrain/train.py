@@ -2,8 +2,12 @@
 
 Flow: init process groups -> tokenizer/manifests -> model (megatron GPTModel chunks, DDP) ->
 optimizer/scheduler -> `checkpoint.load_at_start` -> data iterators at state.consumed_samples
--> logger (W&B resumes state.wandb_run_id) -> loop: train_step, log, evaluate, maybe_save,
-preemption check -> final eval, sample, report, `checkpoint.finalize`.
+-> logger (W&B resumes state.wandb_run_id) -> loop: train_step, evaluate, log, maybe_save,
+preemption check -> sample, `checkpoint.finalize`, summary, report.
+
+The last step of the run (max_steps) runs the final evaluation inside the loop, so its row in
+metrics.jsonl holds valid_loss/valid_ppl; a job that ends at train.stop_at_step does not
+evaluate beyond eval.interval.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import logging
 import time
 from typing import Any
+
+import torch
 
 from pretrain import checkpoint, faults
 from pretrain.config import ConfigError, PretrainConfig
@@ -21,10 +27,11 @@ from pretrain.data import (
     dataset_num_samples,
     micro_batches,
 )
-from pretrain.metrics import build_logger, memory_gib, peak_tflops, perplexity
+from pretrain.metrics import build_logger, final_values, memory_gib, peak_tflops, perplexity
 from pretrain.model import build_model, flops_per_token, wrap_model
 from pretrain.optim import build_optimizer, build_scheduler, configure_model_hooks
-from pretrain.parallel import init_distributed
+from pretrain.parallel import DistInfo, init_distributed
+from pretrain.progress import StepMeter, progress_fields
 from pretrain.sample import generate
 from pretrain.step import StepResult, evaluate, train_step
 
@@ -99,9 +106,38 @@ def setup(cfg: PretrainConfig, manifests: list[dict[str, Any]]) -> TrainContext:
     return ctx
 
 
+def counted_here(param: torch.nn.Parameter, dist: DistInfo) -> bool:
+    """Whether this rank counts `param` in the whole model's total (each parameter once).
+
+    DP replicas hold the same parameters (DP rank 0 counts); a tensor-parallel shard
+    (`tensor_model_parallel`) is distinct on each TP rank, anything else (norms, row-parallel
+    biases) is replicated over TP (TP rank 0 counts); the last pipeline stage's copy of a tied
+    embedding (`shared`, megatron's duplicate for the output layer) is not counted.
+    """
+    if dist.dp_rank != 0 or getattr(param, "shared", False):
+        return False
+    return dist.tp_rank == 0 or bool(getattr(param, "tensor_model_parallel", False))
+
+
+def parameter_counts(ctx: TrainContext) -> tuple[int, list[int]]:
+    """(parameters of the whole model over all TP/PP ranks, each rank's local count).
+
+    Collective (every rank calls it): one all-reduce of a [world, 2] table.
+    """
+    d = ctx.dist
+    params = [p for chunk in ctx.model for p in chunk.parameters()]
+    local = sum(p.numel() for p in params)
+    owned = sum(p.numel() for p in params if counted_here(p, d))
+    table = torch.zeros(d.world_size, 2, dtype=torch.int64, device=d.device)
+    table[d.rank, 0], table[d.rank, 1] = local, owned
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(table)
+    return int(table[:, 1].sum()), [int(n) for n in table[:, 0].tolist()]
+
+
 def _log_banner(ctx: TrainContext) -> None:
     cfg, d = ctx.cfg, ctx.dist
-    params = sum(p.numel() for chunk in ctx.model for p in chunk.parameters())
+    total, per_rank = parameter_counts(ctx)
     log.info(
         "run %s in %s | world %d = TP %d x PP %d x DP %d (%s, %s) | precision %s",
         cfg.run.name,
@@ -115,13 +151,18 @@ def _log_banner(ctx: TrainContext) -> None:
         cfg.precision,
     )
     log.info(
-        "model %s: %d layers, hidden %d, heads %d | params on rank 0: %.2fM | vocab %d | "
+        "model %s: %d layers, hidden %d, heads %d | params %d total (%.2fM), per rank "
+        "%.2fM-%.2fM (rank 0: %d) | vocab %d | "
         "steps %d x %d seqs x %d tokens (%d micro-batches) | start step %d",
         cfg.model.name,
         cfg.model.num_layers,
         cfg.model.hidden_size,
         cfg.model.num_attention_heads,
-        params / 1e6,
+        total,
+        total / 1e6,
+        min(per_rank) / 1e6,
+        max(per_rank) / 1e6,
+        per_rank[0],
         ctx.tokenizer.vocab_size,
         ctx.max_steps,
         cfg.train.global_batch_size,
@@ -131,8 +172,13 @@ def _log_banner(ctx: TrainContext) -> None:
     )
 
 
-def _record(ctx: TrainContext, result: StepResult) -> dict[str, Any]:
+def _record(ctx: TrainContext, result: StepResult, meter: StepMeter) -> dict[str, Any]:
+    """The metrics row of the step just taken (it feeds `meter` first: every step counts)."""
     step_s = result.data_s + result.fwd_bwd_s + result.optim_s
+    meter.update(step_s)
+    progress = progress_fields(
+        meter, ctx.tokens_per_step, ctx.dist.world_size, _last_step(ctx) - ctx.state.step
+    )
     tokens_per_s = ctx.tokens_per_step / max(step_s, 1e-9)
     tflops = ctx.flops_per_token * tokens_per_s / ctx.dist.world_size / 1e12
     peak = peak_tflops(ctx.cfg.logging)
@@ -155,6 +201,7 @@ def _record(ctx: TrainContext, result: StepResult) -> dict[str, Any]:
         "fwd_bwd_s": result.fwd_bwd_s,
         "optim_s": result.optim_s,
         "mem_gib": memory_gib(),
+        **progress,
     }
 
 
@@ -186,8 +233,9 @@ def _account(ctx: TrainContext, result: StepResult) -> None:
 
 
 def _should_eval(ctx: TrainContext) -> bool:
-    interval = ctx.cfg.eval.interval
-    return interval > 0 and ctx.state.step % interval == 0 and ctx.state.step < ctx.max_steps
+    """Every eval.interval steps, and once at max_steps (the final evaluation)."""
+    step, interval = ctx.state.step, ctx.cfg.eval.interval
+    return step == ctx.max_steps or (interval > 0 and step % interval == 0)
 
 
 def _eval_record(ctx: TrainContext) -> dict[str, Any] | None:
@@ -210,13 +258,15 @@ def stopped_early(ctx: TrainContext) -> bool:
 def train(ctx: TrainContext) -> int:
     """The loop; returns the process exit code (0, or faults.EXIT_PREEMPTED)."""
     cfg = ctx.cfg
+    meter = StepMeter()
     while ctx.state.step < _last_step(ctx):
         result = train_step(ctx)
         _account(ctx, result)
-        record = _record(ctx, result)
+        record = _record(ctx, result, meter)
         if _should_eval(ctx):
             record.update(_eval_record(ctx) or {})
-        if ctx.state.step % cfg.train.log_interval == 0 or "valid_loss" in record:
+        last = ctx.state.step == _last_step(ctx)
+        if ctx.state.step % cfg.train.log_interval == 0 or "valid_loss" in record or last:
             ctx.logger.log(record)
         checkpoint.maybe_save(ctx)
         if ctx.preemption.should_stop():
@@ -228,11 +278,9 @@ def train(ctx: TrainContext) -> int:
 
 
 def finish(ctx: TrainContext) -> None:
-    """End of training: final validation, text sample, report, checkpoint finalize."""
+    """End of training (the final validation ran with the last step): text sample, checkpoint
+    finalize, the run's summary (the last metrics row's values) and the report."""
     cfg = ctx.cfg
-    final = _eval_record(ctx)
-    if final is not None:
-        ctx.logger.log(final)
     if cfg.sample.enabled and cfg.sample.max_new_tokens > 0:
         start = time.perf_counter()
         text = generate(ctx, cfg.sample)
@@ -242,7 +290,7 @@ def finish(ctx: TrainContext) -> None:
             (ctx.run_dir / "sample.txt").write_text(text + "\n", encoding="utf-8")
     checkpoint.finalize(ctx)
     if ctx.dist.is_rank0:
-        ctx.logger.summary({"final_valid_loss": (final or {}).get("valid_loss")})
+        ctx.logger.summary(final_values(ctx.logger.last_record))
         if cfg.logging.report:
             from pretrain.report import write_report
 

@@ -3,18 +3,21 @@
 The checkpoint is loaded into a single-process TP1/PP1 GPTModel (megatron's dist_checkpointing
 reshards on load), mapped to `LlamaForCausalLM` (RMSNorm/SwiGLU/RoPE) or `GPT2LMHeadModel`
 (LayerNorm/GELU/learned positions) by `pretrain.hf.mapping`, and written with config.json,
-model.safetensors, generation_config.json and the SentencePiece tokenizer (tokenizer.model,
-tokenizer_config.json naming `LlamaTokenizer`, and the converted tokenizer.json). The command
-is `python -m pretrain.export_hf` (`pretrain/export_hf.py`).
+model.safetensors, generation_config.json and the tokenizer: the SentencePiece tokenizer.model
+plus a tokenizer.json / tokenizer_config.json (`PreTrainedTokenizerFast`) that encodes and
+decodes exactly like it (`write_tokenizer`). The command is `python -m pretrain.export_hf`
+(`pretrain/export_hf.py`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +25,15 @@ import torch
 
 from pretrain.checkpoint import layout, load_model_weights, meta
 from pretrain.checkpoint.meta import CheckpointError
-from pretrain.config import ConfigError, ModelConfig, ParallelConfig
+from pretrain.config import ConfigError, ModelConfig, ParallelConfig, SampleConfig
 from pretrain.hf import mapping
 from pretrain.model import DTYPES
+from pretrain.sample import continuation
 
 log = logging.getLogger(__name__)
+
+_NORMAL, _USER_DEFINED = 1, 4  # SentencePiece piece types (ModelProto.SentencePiece.Type)
+_NEVER = -1e9  # a unigram score no segmentation picks while any other one exists
 
 
 @dataclass
@@ -43,8 +50,8 @@ class ExportConfig:
     """SentencePiece model to ship (None = the copy saved in the checkpoint, else the data's)."""
     overwrite: bool = False
     """Replace an earlier export in `output` (only a folder holding export_info.json)."""
-    sample_prompt: str | None = "def "
-    """After export, load the folder with transformers and print a greedy sample (None = skip)."""
+    sample_prompt: str | None = SampleConfig.prompt
+    """After export, load the folder with transformers and log a greedy sample (None = skip)."""
     max_new_tokens: int = 24
     """Length of that sample."""
 
@@ -89,8 +96,9 @@ def megatron_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in sd.items() if isinstance(v, torch.Tensor)}
 
 
-def _tokenizer_source(cfg: ExportConfig, ckpt_dir: Path, saved: dict[str, Any]) -> Path:
-    candidates = [Path(cfg.tokenizer)] if cfg.tokenizer else []
+def find_tokenizer(explicit: str | None, ckpt_dir: Path, saved: dict[str, Any]) -> Path:
+    """`explicit`, else the checkpoint's tokenizer.model, else the data's (or CheckpointError)."""
+    candidates = [Path(explicit)] if explicit else []
     candidates.append(ckpt_dir / "tokenizer.model")
     paths = saved["config"].get("data", {}).get("paths", [])
     candidates += [Path(p) / "tokenizer.model" for p in paths[:1]]
@@ -120,24 +128,121 @@ def special_ids(tokenizer_model: Path) -> dict[str, Any]:
     return out
 
 
+def _bpe_merges(proto: Any) -> list[tuple[str, str]]:
+    """BPE merges ranked as SentencePiece applies them: by the merged piece's score, then id."""
+    normal = {p.piece: (p.score, i) for i, p in enumerate(proto.pieces) if p.type == _NORMAL}
+    ranked = []
+    for piece, (score, ident) in normal.items():
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in normal and right in normal:
+                ranked.append((-score, ident, left, right))
+    return [(left, right) for _, _, left, right in sorted(ranked)]
+
+
+def _tokenizer_model(proto: Any, user_defined: list[str]) -> Any:
+    from sentencepiece import sentencepiece_model_pb2 as pb
+    from tokenizers.models import BPE, Unigram
+
+    spec = proto.trainer_spec
+    if spec.model_type == pb.TrainerSpec.BPE:
+        vocab = {p.piece: i for i, p in enumerate(proto.pieces)}
+        return BPE(
+            vocab,
+            _bpe_merges(proto),
+            unk_token=spec.unk_piece,
+            fuse_unk=True,
+            byte_fallback=spec.byte_fallback,
+            ignore_merges=bool(user_defined),
+        )
+    if spec.model_type == pb.TrainerSpec.UNIGRAM:
+        # SentencePiece never matches control, unknown or byte pieces in text: score them out
+        matched = (_NORMAL, _USER_DEFINED)
+        pieces = [(p.piece, p.score if p.type in matched else _NEVER) for p in proto.pieces]
+        return Unigram(pieces, unk_id=spec.unk_id, byte_fallback=spec.byte_fallback)
+    kind = pb.TrainerSpec.ModelType.Name(spec.model_type)
+    raise CheckpointError(f"tokenizer: SentencePiece model_type {kind} cannot be exported")
+
+
+def sentencepiece_backend(tokenizer_model: Path) -> Any:
+    """A `tokenizers.Tokenizer` that encodes and decodes exactly like the SentencePiece model.
+
+    transformers' own conversion (LlamaTokenizer) puts the dummy prefix in a Metaspace
+    pre-tokenizer, which skips it when the text already starts with a space: `"    x"` then
+    encodes as 3 spaces + `x` and decodes as `"   x"`. Here the normalizer does what
+    SentencePiece does: (charsmap, extra-whitespace removal,) spaces -> `▁`, then always the
+    dummy `▁` prefix; the decoder strips exactly that one space again. No pre-tokenizer (BPE sees
+    the whole text, as SentencePiece's pieces never cross a word start), except one isolating
+    user-defined pieces, which SentencePiece emits whole.
+    """
+    from sentencepiece import sentencepiece_model_pb2 as pb
+    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
+
+    proto = pb.ModelProto()
+    proto.ParseFromString(tokenizer_model.read_bytes())
+    norm = proto.normalizer_spec
+    user_defined = [p.piece for p in proto.pieces if p.type == _USER_DEFINED]
+    tokenizer = Tokenizer(_tokenizer_model(proto, user_defined))
+    steps: list[Any] = []
+    if norm.precompiled_charsmap:
+        steps.append(normalizers.Precompiled(norm.precompiled_charsmap))
+    if norm.remove_extra_whitespaces:
+        steps += [
+            normalizers.Replace(Regex(r"\A +| +\z"), ""),
+            normalizers.Replace(Regex(" {2,}"), " "),
+        ]
+    space = "▁" if norm.escape_whitespaces else " "
+    if norm.escape_whitespaces:
+        steps.append(normalizers.Replace(" ", space))
+    if norm.add_dummy_prefix:
+        steps.append(normalizers.Prepend(space))
+    tokenizer.normalizer = normalizers.Sequence(steps)
+    if user_defined:
+        pattern = "|".join(re.escape(p) for p in sorted(user_defined, key=len, reverse=True))
+        tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
+    chain = [decoders.Replace("▁", " ")]
+    if proto.trainer_spec.byte_fallback:
+        chain.append(decoders.ByteFallback())
+    chain.append(decoders.Fuse())  # Strip works per token: fuse first, strip the text's start
+    if norm.add_dummy_prefix:
+        chain.append(decoders.Strip(content=" ", left=1, right=0))
+    tokenizer.decoder = decoders.Sequence(chain)
+    return tokenizer
+
+
 def write_tokenizer(out_dir: Path, tokenizer_model: Path, special: dict[str, Any], max_len: int):
-    """tokenizer.model + tokenizer_config.json (LlamaTokenizer), then transformers' own files."""
-    from transformers import AutoTokenizer
+    """tokenizer.model (the original) + tokenizer.json / tokenizer_config.json encoding like it.
+
+    Contract: AutoTokenizer loads a `PreTrainedTokenizerFast` whose `encode(text)` equals
+    `SentencePieceProcessor.encode(text)` (no BOS/EOS added: the data has none; special-token
+    strings such as `</s>` in the text are text, as for SentencePiece) and whose
+    `decode(ids, skip_special_tokens=True)` equals SentencePiece's decode, so
+    `decode(encode(text)) == text` for any text (identity normalization, as data_pipeline
+    trains). One decode difference is left: for byte-fallback tokens that do not form valid
+    UTF-8 (only a model can emit those) transformers writes one U+FFFD per byte of the run,
+    SentencePiece keeps the valid bytes in it. (For a unigram model, not what data_pipeline
+    trains by default, ids can also differ where the two break a tie between segmentations of
+    equal score, e.g. the same whitespace pieces in another order; decoding stays exact.)
+    `tokenizer_class` is the generic fast class: the LlamaTokenizer class rebuilds its own
+    Metaspace pipeline and would drop a leading space again.
+    """
+    from transformers import PreTrainedTokenizerFast
 
     shutil.copyfile(tokenizer_model, out_dir / "tokenizer.model")
-    tok_cfg = {
-        "tokenizer_class": "LlamaTokenizer",
-        "add_bos_token": False,  # our data has no BOS: documents are tokens + EOD
-        "add_eos_token": False,
-        "legacy": True,
-        "clean_up_tokenization_spaces": False,
-        "model_max_length": max_len,
-    }
-    for name in ("bos", "eos", "unk", "pad"):
-        if special.get(f"{name}_token"):
-            tok_cfg[f"{name}_token"] = special[f"{name}_token"]
-    (out_dir / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
-    AutoTokenizer.from_pretrained(str(out_dir)).save_pretrained(str(out_dir))
+    names = ("bos", "eos", "unk", "pad")
+    tokens = {f"{n}_token": special[f"{n}_token"] for n in names if special.get(f"{n}_token")}
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=sentencepiece_backend(tokenizer_model),
+        clean_up_tokenization_spaces=False,
+        split_special_tokens=True,
+        model_max_length=max_len,
+        **tokens,
+    )
+    tokenizer.save_pretrained(str(out_dir))
+    config_path = out_dir / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"  # transformers 4.x and 5.x
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def build_hf_model(
@@ -208,7 +313,7 @@ def export(cfg: ExportConfig) -> Path:
     start = time.perf_counter()
     saved, model_cfg, model = load_megatron_model(ckpt_dir)
     dtype = DTYPES[saved["precision"] if cfg.dtype == "auto" else cfg.dtype]
-    tok_path = _tokenizer_source(cfg, ckpt_dir, saved)
+    tok_path = find_tokenizer(cfg.tokenizer, ckpt_dir, saved)
     special = special_ids(tok_path)
     vocab = saved["arch"]["vocab_size"]
     hf_model, family = build_hf_model(model_cfg, vocab, model, special, dtype)
@@ -239,13 +344,40 @@ def export(cfg: ExportConfig) -> Path:
     return out
 
 
-def sample(out_dir: Path, prompt: str, max_new_tokens: int) -> str:
-    """Greedy continuation of `prompt` by the exported folder, loaded with transformers."""
+def sample(
+    out_dir: Path,
+    prompt: str,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    seed: int = 1234,
+) -> str:
+    """`prompt` + its continuation by the exported folder, loaded and run with transformers.
+
+    Greedy for temperature 0, else transformers' sampling (temperature, top_k; 0 = all) seeded
+    with `seed`. At most max_position_embeddings tokens in all (the prompt keeps its end). The
+    continuation is decoded in context (`continuation`), so no space is lost or added.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(out_dir))
     model = AutoModelForCausalLM.from_pretrained(str(out_dir), dtype=torch.float32).eval()
     ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    limit = getattr(model.config, "max_position_embeddings", None) or 1 << 30
+    ids = ids[:, -(limit - 1) :]
+    options: dict[str, Any] = {"do_sample": False}
+    if temperature > 0:
+        options = {"do_sample": True, "temperature": temperature, "top_k": top_k or None}
+    torch.manual_seed(seed)
     with torch.no_grad():
-        gen = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False)
-    return tokenizer.decode(gen[0], skip_special_tokens=True)
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max(0, min(max_new_tokens, limit - ids.shape[1])),
+            pad_token_id=model.generation_config.pad_token_id,
+            **options,
+        )
+    new = out[0, ids.shape[1] :].tolist()
+    log.info("token ids: prompt %s + new %s", ids[0].tolist(), new)
+    decode = partial(tokenizer.decode, skip_special_tokens=True)
+    return prompt + continuation(decode, ids[0].tolist(), new)

@@ -1,0 +1,206 @@
+"""`python -m pretrain.generate (checkpoint=PATH | hf=DIR) [prompt=TEXT | prompt_file=PATH] ...`.
+
+Text from a checkpoint (any saved TP/PP/DP layout, loaded into one TP1/PP1 model and sampled
+by `pretrain.sample`, the end-of-training sampler) or from a Hugging Face folder written by
+`pretrain.export_hf` (run with transformers' `generate`). Prints the prompt + continuation to
+stdout; logs go to stderr. Greedy with temperature=0 (then a checkpoint and its export print
+the same text), else temperature + top-k sampling seeded by `seed`. `--help` lists every key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import time
+from pathlib import Path
+
+from pretrain.cli import parse_key_values, run_tool
+from pretrain.config import ConfigError, ParallelConfig, SampleConfig
+
+log = logging.getLogger("pretrain")
+
+PROG = "python -m pretrain.generate"
+
+SUMMARY = (
+    "Generate text from a checkpoint (iter_XXXXXXX dir, run dir or its `latest`; any layout)\n"
+    "or from a Hugging Face export folder. Prints prompt + continuation to stdout."
+)
+EXAMPLES = (
+    "python -m pretrain.generate checkpoint=checkpoints/tiny temperature=0",
+    "python -m pretrain.generate hf=checkpoints/tiny/hf prompt=$'import os\\n' max_new_tokens=100",
+    "python -m pretrain.generate checkpoint=checkpoints/tiny/latest prompt_file=prompt.py seed=7",
+)
+
+VERBATIM = ("prompt", "prompt_file")
+"""Keys whose value is taken exactly as given (not parsed as YAML like the other keys)."""
+
+
+@dataclasses.dataclass
+class GenerateConfig:
+    """Options of `python -m pretrain.generate`."""
+
+    checkpoint: str = ""
+    """Checkpoint directory (iter_XXXXXXX), a run directory or its `latest` file, any saved
+    layout (loaded into one TP1/PP1 model). Give this or hf."""
+    hf: str = ""
+    """Or a Hugging Face folder written by pretrain.export_hf (loaded with transformers)."""
+    prompt: str | None = None
+    """Prompt text, taken verbatim (not YAML; in bash $'def f():\\n' has a newline). None = the
+    default of sample.prompt, 'def main(args):\\n'. Not with prompt_file."""
+    prompt_file: str | None = None
+    """Or read the prompt from this UTF-8 file, exactly as it is (a final newline is kept)."""
+    max_new_tokens: int = 64
+    """Tokens to generate (fewer if EOD comes first or the context is full)."""
+    temperature: float = SampleConfig.temperature
+    """0 = greedy; otherwise softmax temperature."""
+    top_k: int = SampleConfig.top_k
+    """With temperature > 0: sample among the k most likely tokens (0 = all)."""
+    seed: int = 1234
+    """Seed of the sampling."""
+    tokenizer: str | None = None
+    """With checkpoint: the SentencePiece model (None = the checkpoint's copy, else the data's)."""
+
+
+def check_generate_config(cfg: GenerateConfig) -> None:
+    """ConfigError naming the key of a value that cannot work (before anything is loaded)."""
+    if bool(cfg.checkpoint) == bool(cfg.hf):
+        given = "both" if cfg.checkpoint else "neither"
+        raise ConfigError(f"generate: give checkpoint=PATH or hf=DIR ({given} given; see --help)")
+    if cfg.prompt is not None and cfg.prompt_file is not None:
+        raise ConfigError("generate: give prompt=... or prompt_file=..., not both")
+    if cfg.prompt_file is not None and not Path(cfg.prompt_file).is_file():
+        raise ConfigError(f"generate: prompt_file={cfg.prompt_file} does not exist")
+    for key in ("max_new_tokens", "temperature", "top_k"):
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"generate: {key}={getattr(cfg, key)} must be >= 0")
+    if cfg.hf and cfg.tokenizer:
+        raise ConfigError("generate: tokenizer=... is for checkpoint=...; hf folders have theirs")
+    if cfg.tokenizer and not Path(cfg.tokenizer).is_file():
+        raise ConfigError(f"generate: tokenizer={cfg.tokenizer} does not exist")
+    if cfg.hf and not (Path(cfg.hf) / "config.json").is_file():
+        raise ConfigError(
+            f"generate: hf={cfg.hf} is not a Hugging Face folder (no config.json); for a "
+            "checkpoint use checkpoint=PATH"
+        )
+    if cfg.checkpoint and (Path(cfg.checkpoint) / "config.json").is_file():
+        raise ConfigError(
+            f"generate: checkpoint={cfg.checkpoint} is a Hugging Face folder; "
+            f"use hf={cfg.checkpoint}"
+        )
+
+
+def read_prompt(cfg: GenerateConfig) -> str:
+    """The prompt: prompt_file's text, prompt, or the default of sample.prompt."""
+    if cfg.prompt_file is not None:
+        return Path(cfg.prompt_file).read_text(encoding="utf-8")
+    return SampleConfig.prompt if cfg.prompt is None else cfg.prompt
+
+
+def sample_config(cfg: GenerateConfig, prompt: str) -> SampleConfig:
+    """The sampler's settings for these options."""
+    return SampleConfig(
+        prompt=prompt,
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_k=cfg.top_k,
+    )
+
+
+def from_checkpoint(cfg: GenerateConfig, prompt: str) -> str:
+    """Prompt + continuation by the checkpoint, loaded at TP1/PP1 (starts a 1-process group)."""
+    import sentencepiece as spm
+
+    from pretrain import parallel
+    from pretrain.checkpoint import layout
+    from pretrain.checkpoint.meta import CheckpointError
+    from pretrain.hf.export import find_tokenizer, load_megatron_model
+    from pretrain.sample import continuation, encode_prompt, generate_ids
+
+    try:
+        ckpt_dir = layout.resolve_load_path(Path(cfg.checkpoint), key="checkpoint")
+    except FileNotFoundError as exc:
+        raise CheckpointError(str(exc)) from exc
+    dist = parallel.init_distributed(ParallelConfig(), seed=cfg.seed)
+    saved, _, model = load_megatron_model(ckpt_dir)
+    tok_path = find_tokenizer(cfg.tokenizer, ckpt_dir, saved)
+    processor = spm.SentencePieceProcessor(model_file=str(tok_path))
+    vocab = saved["arch"]["vocab_size"]
+    if processor.get_piece_size() != vocab:
+        raise CheckpointError(
+            f"tokenizer={tok_path} has {processor.get_piece_size()} pieces but the checkpoint's "
+            f"vocab_size is {vocab}; give the tokenizer.model the model was trained with"
+        )
+    log.info("loaded %s (step %d), tokenizer %s", ckpt_dir, saved["step"], tok_path)
+    ids = encode_prompt(processor, prompt)
+    new = generate_ids(
+        [model],
+        ids,
+        sample_config(cfg, prompt),
+        dist,
+        context=saved["config"]["train"]["seq_length"],
+        vocab_size=vocab,
+        eod=processor.eos_id(),
+        seed=cfg.seed,
+    )
+    log.info("token ids: prompt %s + new %s", ids, new)
+    return prompt + continuation(processor.decode, ids, new)
+
+
+def from_hf(cfg: GenerateConfig, prompt: str) -> str:
+    """Prompt + continuation by the Hugging Face folder, with transformers' generate."""
+    from pretrain.hf.export import sample
+
+    return sample(Path(cfg.hf), prompt, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.seed)
+
+
+def generate_text(cfg: GenerateConfig) -> str:
+    """Check `cfg`, then the prompt + its continuation (ConfigError names a bad key)."""
+    check_generate_config(cfg)
+    prompt = read_prompt(cfg)
+    start = time.perf_counter()
+    text = from_checkpoint(cfg, prompt) if cfg.checkpoint else from_hf(cfg, prompt)
+    log.info("generated in %.1fs", time.perf_counter() - start)
+    return text
+
+
+def split_verbatim(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(the other arguments, {key: value}) for the VERBATIM keys: their values are not YAML.
+
+    `key=value` values are parsed as YAML (OmegaConf), which would turn `def f(a):` into a
+    mapping, strip indentation and drop `# comments`; a prompt must stay byte for byte.
+    """
+    rest, verbatim = [], {}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("+") in VERBATIM:
+            verbatim[key.lstrip("+")] = value
+        else:
+            rest.append(arg)
+    return rest, verbatim
+
+
+def parse_args(argv: list[str]) -> GenerateConfig:
+    """`key=value` arguments -> a checked GenerateConfig (ConfigError names a bad key/value)."""
+    rest, verbatim = split_verbatim(argv)
+    cfg = dataclasses.replace(parse_key_values(rest, GenerateConfig, PROG), **verbatim)
+    check_generate_config(cfg)
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (0, or 2 for a configuration/checkpoint error)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    rest, verbatim = split_verbatim(args)
+
+    def body(cfg: GenerateConfig) -> int:
+        text = generate_text(dataclasses.replace(cfg, **verbatim))
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+        return 0
+
+    return run_tool(PROG, GenerateConfig, body, SUMMARY, EXAMPLES, rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
