@@ -5,21 +5,21 @@ from __future__ import annotations
 import logging
 import sys
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from data_pipeline.config import PrepareConfig, register_configs
+from data_pipeline.config import PrepareConfig, input_for_overrides, register_configs
 from data_pipeline.errors import ConfigError, DataError, OutputError
+from pretrain_pipeline_conf import CONFIG_PATH
+from pretrain_pipeline_conf.hydra_app import EXIT_CONFIG_ERROR, run_app, unknown_keys
 
-register_configs()
-_STATE = {"composed": False}
 
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="prepare")
 def main(dict_cfg: DictConfig) -> None:
     """Compose conf/prepare.yaml + overrides into a PrepareConfig and run the job."""
-    _STATE["composed"] = True
+    problems = unknown_keys(dict_cfg, PrepareConfig)
+    if problems:  # e.g. `+input.textkey=x`, which Hydra adds without complaint
+        print("data_pipeline: config error: " + "; ".join(problems), file=sys.stderr)
+        sys.exit(EXIT_CONFIG_ERROR)
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
@@ -28,6 +28,8 @@ def main(dict_cfg: DictConfig) -> None:
     )
     cfg = OmegaConf.to_object(dict_cfg)
     assert isinstance(cfg, PrepareConfig)
+    # `input.paths=[...]` alone means your files (input=files), not the embedded default corpus
+    cfg.input = input_for_overrides(cfg.input, HydraConfig.get().overrides.task)
     from data_pipeline.prepare import run_prepare
 
     try:
@@ -48,13 +50,9 @@ def main(dict_cfg: DictConfig) -> None:
 
 
 def cli() -> None:
-    """main(), with Hydra's own override errors (unknown key, wrong type) exiting 2 like ours."""
-    try:
-        main()
-    except SystemExit as e:
-        if e.code == 1 and not _STATE["composed"]:
-            raise SystemExit(2) from None
-        raise
+    """Hydra entry point; every configuration error (also Hydra's own) exits 2."""
+    register_configs()
+    run_app(main, "prepare", CONFIG_PATH, job="data_pipeline", schema=PrepareConfig)
 
 
 if __name__ == "__main__":

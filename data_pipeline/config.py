@@ -8,13 +8,13 @@ same dataclasses from conf/prepare.yaml and converts them with `OmegaConf.to_obj
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from data_pipeline.errors import ConfigError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 FORMATS = ("auto", "jsonl", "parquet", "text", "hf")
 ENCODERS = ("auto", "sentencepiece", "kitoken")
 STAGES = ("all", "tokenizer", "finalize")
@@ -141,10 +141,11 @@ class PrepareConfig:
     """Show tqdm progress bars on stderr."""
 
     def output_dir(self) -> Path:
-        """The output directory, resolved (relative paths are relative to the cwd)."""
-        if self.output.dir:
-            return Path(self.output.dir).expanduser().resolve()
-        return REPO_ROOT / "checkpoints" / "data" / self.input.name
+        """The output directory, resolved; relative paths (and the default
+        `checkpoints/data/<input.name>`, where `python -m pretrain` looks by default) are
+        relative to the working directory, never to where the package is installed."""
+        chosen = self.output.dir or str(Path("checkpoints") / "data" / self.input.name)
+        return Path(chosen).expanduser().resolve()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form for the manifest."""
@@ -161,9 +162,9 @@ def validate(cfg: PrepareConfig) -> None:
     inp, tok, out = cfg.input, cfg.tokenizer, cfg.output
     if inp.name == "stdlib_code" and inp.paths != ["stdlib:"]:
         raise ConfigError(
-            f"input.paths={inp.paths} replaces the embedded corpus but input=stdlib_code is still "
-            "selected (its include/format settings are for .py files): add `input=files` "
-            "(or input=hf) to the command line."
+            f"input.paths={inp.paths} replaces the embedded corpus but input=stdlib_code is "
+            "selected (its include/format settings are for .py files): drop `input=stdlib_code` "
+            "(input.paths alone reads your files as input=files does), or use input=hf."
         )
     _check(bool(inp.paths), "input.paths", inp.paths, "give at least one file, glob or folder")
     _check(inp.format in FORMATS, "input.format", inp.format, f"choose one of {FORMATS}")
@@ -200,6 +201,35 @@ def validate(cfg: PrepareConfig) -> None:
             "shards of the others. Clear the dir once before the array (e.g. the stage=tokenizer "
             "step with output.overwrite=true) and run the tasks without it."
         )
+
+
+def override_keys(overrides: Iterable[str]) -> set[str]:
+    """The config keys (or group names) that Hydra command-line overrides set or delete.
+
+    `+input.x=1`, `++input.x=1` and `~input.x` all give `input.x`; `input=files` gives `input`.
+    """
+    keys = set()
+    for override in overrides:
+        key = override.split("=", 1)[0].strip().lstrip("~+")
+        keys.add(key.split("@", 1)[0])  # `input@pkg=files` chooses the group `input` too
+    return keys
+
+
+def input_for_overrides(inp: InputConfig, overrides: Iterable[str]) -> InputConfig:
+    """`inp`, or the `input=files` preset when input.paths is given without an `input=` choice.
+
+    The embedded corpus (input=stdlib_code, the default group) applies only when no input is
+    given: `input.paths=[corpus.jsonl]` alone reads those paths exactly as `input=files` would
+    (name, format=auto, include/exclude of that preset), while every other input.* key set on the
+    command line (e.g. input.format=text) keeps its value. An explicit `input=...` is kept as is.
+    """
+    keys = override_keys(overrides)
+    if "input.paths" not in keys or "input" in keys:
+        return inp
+    explicit = {key.removeprefix("input.") for key in keys if key.startswith("input.")}
+    preset = InputConfig()  # conf/input/files.yaml sets exactly the schema defaults
+    values = {f.name: getattr(inp if f.name in explicit else preset, f.name) for f in fields(inp)}
+    return InputConfig(**values)
 
 
 def register_configs() -> None:

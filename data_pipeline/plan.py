@@ -15,7 +15,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from data_pipeline.sources import Source
+from data_pipeline.listing import Source
 
 
 @dataclass(frozen=True)

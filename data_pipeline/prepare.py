@@ -10,29 +10,27 @@ Python API (no Hydra needed)::
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from data_pipeline import tokenizer as tk
-from data_pipeline.config import InputConfig, PrepareConfig, TokenizerConfig, validate
+from data_pipeline.config import PrepareConfig, validate
 from data_pipeline.errors import DataError, OutputError
+from data_pipeline.listing import Source, list_sources
 from data_pipeline.manifest import MANIFEST, build_manifest, write_manifest
-from data_pipeline.megatron_io import indexed_dataset
+from data_pipeline.megatron_io import WriterImport, indexed_dataset
 from data_pipeline.plan import ShardPlan, num_shards_for, plan_shards, slice_of
 from data_pipeline.progress import Progress, summary_table
-from data_pipeline.records import parse_record
 from data_pipeline.shard import ShardContext, build_shard, make_pool, verify_done
-from data_pipeline.sources import Source, iter_records, list_sources
+from data_pipeline.tokenizer_step import (
+    TOKENIZER,
+    TRAIN_RECORD,
+    check_same_tokenizer,
+    ensure_tokenizer,
+)
 
 log = logging.getLogger(__name__)
-TOKENIZER = "tokenizer.model"
-TRAIN_RECORD = "tokenizer.train.json"
 
 
 def _clear_outputs(out: Path, model: str | None) -> None:
@@ -44,107 +42,6 @@ def _clear_outputs(out: Path, model: str | None) -> None:
     for path in removed:
         path.unlink()
     log.info("output.overwrite=true: removed %d files from %s", len(removed), out)
-
-
-def _existing_tokenizer_shas(out: Path) -> dict[str, str]:
-    """sha256 of the tokenizer each existing piece of data in `out` was made with."""
-    found = {}
-    manifest = out / MANIFEST
-    if manifest.is_file():
-        found[MANIFEST] = json.loads(manifest.read_text())["tokenizer"]["sha256"]
-    for done in sorted(out.glob("shard_*.done.json")):
-        try:
-            found[done.name] = json.loads(done.read_text()).get("tokenizer_sha256", "?")
-        except ValueError:  # not ours or damaged: verify_done rebuilds that shard anyway
-            continue
-    return found
-
-
-def _check_same_tokenizer(out: Path, sha: str) -> None:
-    foreign = {name: s for name, s in _existing_tokenizer_shas(out).items() if s != sha}
-    if foreign:
-        name, other = next(iter(foreign.items()))
-        raise OutputError(
-            f"output.dir={str(out)!r} holds data made with another tokenizer ({name}: sha256 "
-            f"{other[:12]}..., this run: {sha[:12]}...). Use a new output.dir, or set "
-            "output.overwrite=true to delete the old shards and manifest."
-        )
-
-
-def _training_texts(
-    sources: list[Source], inp: InputConfig, tok: TokenizerConfig, progress: Progress
-) -> Iterator[str]:
-    """A deterministic sample (seeded per record) of about tokenizer.sample_bytes of text."""
-    estimate = sum(s.size * (4 if s.compression else 1) for s in sources)
-    keep = min(1.0, tok.sample_bytes / max(estimate, 1))
-    rng = random.Random(tok.seed)
-    taken = 0
-    for src in sources:
-        for _, payload in iter_records(src, inp):
-            progress.tick(len(payload) if isinstance(payload, bytes) else 0, 1, 0)
-            if rng.random() >= keep:
-                continue
-            text, _ = parse_record(src.record_kind, payload, inp.text_key)
-            if text is None:
-                continue
-            yield text
-            taken += len(text.encode("utf-8"))
-            if taken >= tok.sample_bytes:
-                return
-        if src.kind in ("parquet", "hf"):
-            progress.tick(src.size, 0, 0)
-
-
-def _train_fingerprint(cfg: PrepareConfig, sources: list[Source]) -> dict[str, Any]:
-    import sentencepiece
-
-    inp, tok = cfg.input, cfg.tokenizer
-    return {
-        "options": tk.train_options(tok),
-        "sample_bytes": tok.sample_bytes,
-        "seed": tok.seed,
-        "sentencepiece": sentencepiece.__version__,
-        "inputs": [[s.path, s.size, s.record_kind] for s in sources],
-        "read": [inp.text_key, inp.hf_split],
-    }
-
-
-def ensure_tokenizer(cfg: PrepareConfig, sources: list[Source], out: Path) -> Path:
-    """OUTPUT_DIR/tokenizer.model: a copy of tokenizer.model, reused, or trained (deterministic)."""
-    target = out / TOKENIZER
-    if cfg.tokenizer.model is not None:
-        source = Path(cfg.tokenizer.model).expanduser()
-        tk.load_processor(source)  # ConfigError naming tokenizer.model when it is not a model
-        data = source.read_bytes()
-    else:
-        fingerprint = _train_fingerprint(cfg, sources)
-        record = out / TRAIN_RECORD
-        if target.is_file() and record.is_file() and json.loads(record.read_text()) == fingerprint:
-            log.info("reusing %s (trained earlier with the same settings and input)", target)
-            return target
-        started = time.perf_counter()
-        log.info(
-            "training a %s SentencePiece model, vocab_size=%d, on ~%.1f MB of the input",
-            cfg.tokenizer.type,
-            cfg.tokenizer.vocab_size,
-            cfg.tokenizer.sample_bytes / 1e6,
-        )
-        total = sum(s.size for s in sources)
-        progress = Progress(total, "tokenizer sample", cfg.progress, show_tokens=False)
-        try:
-            texts = _training_texts(sources, cfg.input, cfg.tokenizer, progress)
-            data = tk.train_model(cfg.tokenizer, texts)
-        finally:
-            progress.close()
-        log.info("tokenizer trained in %.1f s", time.perf_counter() - started)
-    _check_same_tokenizer(out, hashlib.sha256(data).hexdigest())
-    if not target.is_file() or target.read_bytes() != data:
-        tk.write_atomic(target, data)
-    if cfg.tokenizer.model is None:
-        tk.write_atomic(out / TRAIN_RECORD, json.dumps(fingerprint, indent=1).encode())
-    else:  # a given model: forget any earlier training record so it is never mistaken for it
-        (out / TRAIN_RECORD).unlink(missing_ok=True)
-    return target
 
 
 def _remove_stale(out: Path, plans: list[ShardPlan], records: list[dict]) -> None:
@@ -271,15 +168,35 @@ def run_prepare(cfg: PrepareConfig) -> Path:
         _clear_outputs(out, cfg.tokenizer.model)
     sources = list_sources(cfg.input, out)
     log.info("%d inputs, %.1f MB, in %s", len(sources), sum(s.size for s in sources) / 1e6, out)
-    model_path = ensure_tokenizer(cfg, sources, out)
-    tokenizer_s = time.perf_counter() - started
-    if cfg.stage == "tokenizer":
+    # the .bin/.idx writer's import (torch + megatron.core, seconds) runs alongside training
+    writer = WriterImport() if cfg.stage != "tokenizer" else None
+    model_path = ensure_tokenizer(cfg, sources, out, writer)
+    if writer is None:
         return out
+    timings = {"started": started, "tokenizer_s": round(time.perf_counter() - started, 3)}
+    _shards_and_manifest(cfg, out, sources, model_path, writer, timings)
+    return out
+
+
+def _shards_and_manifest(
+    cfg: PrepareConfig,
+    out: Path,
+    sources: list[Source],
+    model_path: Path,
+    writer: WriterImport,
+    timings: dict[str, float],
+) -> None:
+    """Plan and build this slice's shards, then (one slice, or stage=finalize) the manifest.
+
+    `timings` holds `started` (perf_counter at the job's start) and `tokenizer_s`; the manifest
+    gets them with `started` replaced by `total_s`.
+    """
     info = tk.tokenizer_info(model_path, TOKENIZER)
-    _check_same_tokenizer(out, info["sha256"])
+    check_same_tokenizer(out, info["sha256"])
     (out / MANIFEST).unlink(missing_ok=True)
     encoder, why = tk.choose_encoder(cfg.tokenizer.encoder, model_path)
     log.info("encoder: %s (%s)", encoder, why)
+    writer.load()  # when no training ran alongside: now (logged, with its time)
     ctx = _context(cfg, out, sources, info)
     plans = plan_shards(
         sources, num_shards_for(sources, cfg.output.num_shards, cfg.output.shard_input_mb)
@@ -301,23 +218,12 @@ def run_prepare(cfg: PrepareConfig) -> Path:
             built,
             MANIFEST,
         )
-        return out
+        return
     ordered = _all_records(plans, records, ctx)
     _remove_stale(out, plans, ordered)
-    timings = {
-        "total_s": round(time.perf_counter() - started, 3),
-        "tokenizer_s": round(tokenizer_s, 3),
-        "shards_s": round(shards_s, 3),
-    }
-    run = {
-        "index": index,
-        "count": count,
-        "info": info,
-        "encoder": encoder,
-        "why": why,
-        "timings": timings,
-    }
-    manifest = _finish(cfg, ctx, ordered, run)
+    timings.update(shards_s=round(shards_s, 3), **writer.timings())
+    timings["total_s"] = round(time.perf_counter() - timings.pop("started"), 3)
+    run = {"index": index, "count": count, "info": info, "encoder": encoder, "why": why}
+    manifest = _finish(cfg, ctx, ordered, {**run, "timings": timings})
     summary = summary_table({**manifest, "output_dir": str(out)}, built, len(ordered) - built)
     log.info("summary\n%s", summary)
-    return out

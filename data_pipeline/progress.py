@@ -56,6 +56,26 @@ def _throughput(totals: dict[str, Any], seconds: float) -> str:
     )
 
 
+def _import_time(timings: dict[str, Any]) -> str:
+    """The writer's import (torch + megatron.core): its time and what it added to the wall time."""
+    if "megatron_import_s" not in timings:
+        return "n/a"
+    took, added = timings["megatron_import_s"], timings["megatron_wait_s"]
+    if added >= took:
+        return f"{took:.1f} s (torch + megatron.core, for the .bin/.idx writer)"
+    return f"{took:.1f} s, alongside tokenizer training (added {added:.1f} s to the wall time)"
+
+
+def _wall_time(timings: dict[str, Any]) -> str:
+    """Total time and its parts (tokenizer step: listing, training or loading, and any wait)."""
+    trained = timings.get("tokenizer_train_s", 0.0)
+    training = f" incl. training {trained:.1f} s" if trained else ""
+    return (
+        f"{timings['total_s']:.1f} s (tokenizer {timings['tokenizer_s']:.1f} s{training}, "
+        f"shards {timings['shards_s']:.1f} s)"
+    )
+
+
 def summary_table(manifest: dict[str, Any], built: int, reused: int) -> str:
     """A plain-text table of the run (logged at the end of `python -m data_pipeline`)."""
     totals, timings, tok = manifest["totals"], manifest["timings"], manifest["tokenizer"]
@@ -72,11 +92,8 @@ def summary_table(manifest: dict[str, Any], built: int, reused: int) -> str:
         ("tokens", f"{totals['num_tokens']:,} (incl. EOD)"),
         ("text MB", f"{totals['num_bytes'] / 1e6:,.2f}"),
         ("bytes/token", f"{totals['num_bytes'] / max(totals['num_tokens'], 1):.2f}"),
-        (
-            "wall time",
-            f"{timings['total_s']:.1f} s (tokenizer {timings['tokenizer_s']:.1f} s, "
-            f"shards {timings['shards_s']:.1f} s)",
-        ),
+        ("wall time", _wall_time(timings)),
+        ("megatron import", _import_time(timings)),
         (
             "shard stage",
             _throughput(totals, timings["shards_s"])

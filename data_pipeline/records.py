@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from data_pipeline.fields import MISSING, lookup
-from data_pipeline.sources import Unreadable
+from data_pipeline.readers import Unreadable
 
 REASONS = (
     "invalid_utf8",

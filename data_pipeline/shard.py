@@ -23,10 +23,11 @@ import numpy as np
 
 from data_pipeline.config import InputConfig
 from data_pipeline.errors import DataError
+from data_pipeline.listing import Source
 from data_pipeline.megatron_io import indexed_dataset
 from data_pipeline.plan import ShardPlan
+from data_pipeline.readers import iter_records
 from data_pipeline.records import REASON_TEXT, parse_record
-from data_pipeline.sources import Source, iter_records
 from data_pipeline.tokenizer import Encoder, sha256_file, tmp_suffix, write_atomic
 
 log = logging.getLogger(__name__)

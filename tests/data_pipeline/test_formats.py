@@ -93,7 +93,7 @@ def test_hf_hub_name_fails_fast_offline(tmp_path, sp_model, monkeypatch):
 
 def test_folder_listing_order_include_exclude(tmp_path):
     from data_pipeline.config import InputConfig
-    from data_pipeline.sources import list_sources
+    from data_pipeline.listing import list_sources
 
     for rel in ["b/x.py", "a/y.py", "a/sub/w.py", "skip/z.py", "z.py", "a/notes.txt"]:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)

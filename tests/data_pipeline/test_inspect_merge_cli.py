@@ -90,8 +90,10 @@ def test_cli_trains_and_writes_no_hydra_outputs(tmp_path, corpus_jsonl):
 def test_cli_config_errors_name_the_key(tmp_path, corpus_jsonl):
     proc = run_cli("data_pipeline", "workers=0", f"output.dir={tmp_path}/o", cwd=tmp_path)
     assert proc.returncode == 2 and "ConfigError: workers=0: must be >= 1" in proc.stderr
-    proc = run_cli("data_pipeline", f"input.paths=[{corpus_jsonl}]", cwd=tmp_path)
-    assert proc.returncode == 2 and "add `input=files`" in proc.stderr
+    proc = run_cli(
+        "data_pipeline", "input=stdlib_code", f"input.paths=[{corpus_jsonl}]", cwd=tmp_path
+    )
+    assert proc.returncode == 2 and "drop `input=stdlib_code`" in proc.stderr
     proc = run_cli(
         "data_pipeline", "tokenizer=pretrained", f"output.dir={tmp_path}/o", cwd=tmp_path
     )

@@ -1,27 +1,25 @@
-"""Input listing and streaming readers: files, globs, folders and Hugging Face datasets.
+"""Input listing: files, globs, folders and Hugging Face datasets -> `Source`s, in a fixed order.
 
-Readers yield raw records (`(line_or_row, payload)`) of one byte range of a source, so a shard
-can be built from any part of any input without reading the rest; they never tokenize.
+Each file's kind (jsonl | text | parquet) and compression is decided here from its suffix (or
+input.format); a JSON document given as JSON Lines is refused before any work starts. Reading
+the records of a source is `data_pipeline.readers`.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import glob
-import gzip
-import io
 import logging
 import os
 import sysconfig
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from data_pipeline.config import InputConfig
 from data_pipeline.errors import ConfigError
-from data_pipeline.fields import lookup, text_column
+from data_pipeline.fields import text_column
 from data_pipeline.hf import check_hub_reachable, is_saved_hf_dataset, open_hf_dataset
+from data_pipeline.streams import BOM, open_binary
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +28,6 @@ COMPRESSIONS = {".gz": "gz", ".zst": "zst", ".zstd": "zst"}
 HF_PREFIX = "hf:"
 UNSUPPORTED = (".bz2", ".xz", ".lzma", ".lz4", ".zip", ".tar", ".tgz", ".7z", ".rar", ".br")
 """Suffixes of compressed files and archives that would otherwise be read as binary text."""
-BOM = b"\xef\xbb\xbf"
-"""UTF-8 byte order mark: dropped at the start of a file (editors on Windows write it)."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +69,7 @@ class Source:
 
 
 def _file_kind(path: Path, fmt: str) -> tuple[str, str | None]:
+    """(kind, compression) of a file from its suffixes, or from input.format when not auto."""
     suffixes = [s.lower() for s in path.suffixes]  # DATA.JSONL.GZ too
     compression = COMPRESSIONS.get(suffixes[-1]) if suffixes else None
     inner = suffixes[-2] if compression and len(suffixes) >= 2 else path.suffix.lower()
@@ -119,6 +116,7 @@ def _walk(root: Path, inp: InputConfig) -> list[Path]:
 
 
 def _expand_path(entry: str, inp: InputConfig) -> list[Path]:
+    """The files one input.paths entry stands for (a file, a glob or a folder)."""
     if entry == "stdlib:":
         entry = sysconfig.get_paths()["stdlib"]
     path = Path(entry).expanduser()
@@ -141,6 +139,7 @@ def _expand_path(entry: str, inp: InputConfig) -> list[Path]:
 
 
 def _hf_source(entry: str, inp: InputConfig) -> Source:
+    """A Hugging Face dataset as a Source (rows, size on disk), its text column checked."""
     ds = open_hf_dataset(entry, inp.hf_split)
     text_column(ds.data.schema, inp.text_key, f"{entry} (split {inp.hf_split})")
     size = sum(os.path.getsize(f["filename"]) for f in ds.cache_files) or int(ds.data.nbytes)
@@ -148,6 +147,7 @@ def _hf_source(entry: str, inp: InputConfig) -> Source:
 
 
 def _file_source(path: Path, inp: InputConfig) -> Source:
+    """A file as a Source; parquet schemas and JSON Lines heads are checked here."""
     kind, compression = _file_kind(path, inp.format)
     rows = 0
     if kind == "parquet":
@@ -169,7 +169,7 @@ def _file_source(path: Path, inp: InputConfig) -> Source:
 def _check_not_json_array(src: Source) -> None:
     """ConfigError for a `[...]` JSON document given as JSON Lines (every line would be bad)."""
     try:
-        with _open_binary(src) as f:
+        with open_binary(src.path, src.compression) as f:
             head = f.read(4096).removeprefix(BOM).lstrip()
     except Exception:  # a corrupt stream is reported per record (unreadable_file) when read
         return
@@ -189,6 +189,7 @@ OUTPUT_FILES = ("manifest.json", "tokenizer.model", "tokenizer.train.json", "sha
 
 
 def _is_our_output(path: Path, output_dir: Path | None) -> bool:
+    """Whether `path` is a file this job writes into output_dir."""
     return path.parent == output_dir and any(fnmatch.fnmatch(path.name, g) for g in OUTPUT_FILES)
 
 
@@ -229,172 +230,3 @@ def list_sources(inp: InputConfig, output_dir: Path | None = None) -> list[Sourc
             "input.paths: %d files written by this job in %s are not read", ours, output_dir
         )
     return sources
-
-
-def _zst_blocks(path: str) -> Iterator[bytes]:
-    """Decompressed blocks of a (multi-frame) .zst file; EOFError when a frame is cut off."""
-    import zstandard
-
-    dctx = zstandard.ZstdDecompressor()
-    dobj, fed = dctx.decompressobj(), False
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            while chunk:
-                fed = True
-                if out := dobj.decompress(chunk):
-                    yield out
-                chunk = b""
-                if dobj.eof:
-                    chunk, dobj, fed = dobj.unused_data, dctx.decompressobj(), False
-    if fed:
-        raise EOFError(f"{path}: zstd frame cut off (truncated file)")
-
-
-class _ZstdRaw(io.RawIOBase):
-    """A readable raw stream over _zst_blocks (so lines and read() work as for plain files)."""
-
-    def __init__(self, path: str) -> None:
-        self._blocks = _zst_blocks(path)
-        self._pending = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        while not self._pending:
-            block = next(self._blocks, None)
-            if block is None:
-                return 0
-            self._pending = block
-        n = min(len(buffer), len(self._pending))
-        buffer[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n
-
-    def close(self) -> None:
-        self._blocks.close()
-        super().close()
-
-
-def _open_binary(src: Source) -> io.BufferedIOBase:
-    if src.compression == "gz":
-        return gzip.open(src.path, "rb")  # type: ignore[return-value]
-    if src.compression == "zst":
-        return io.BufferedReader(_ZstdRaw(src.path), buffer_size=1 << 20)
-    return open(src.path, "rb")  # noqa: SIM115
-
-
-def _count_newlines(path: str, end: int) -> int:
-    count, done = 0, 0
-    with open(path, "rb") as f:
-        while done < end:
-            chunk = f.read(min(1 << 22, end - done))
-            if not chunk:
-                break
-            count += chunk.count(b"\n")
-            done += len(chunk)
-    return count
-
-
-def _iter_lines(src: Source, start: int, end: int) -> Iterator[tuple[int, bytes]]:
-    if not src.splittable:
-        with _open_binary(src) as f:
-            for number, line in enumerate(f, 1):
-                yield number, line.removeprefix(BOM) if number == 1 else line
-        return
-    with open(src.path, "rb") as f:
-        if start > 0:
-            f.seek(start - 1)
-            if f.read(1) != b"\n":
-                f.readline()  # this line started before `start`: it belongs to the previous piece
-        pos = f.tell()
-        number = _count_newlines(src.path, pos) + 1 if pos else 1
-        while pos < end:
-            line = f.readline()
-            if not line:
-                break
-            yield number, line.removeprefix(BOM) if pos == 0 else line
-            pos += len(line)
-            number += 1
-
-
-def _row_range(src: Source, start: int, end: int) -> tuple[int, int]:
-    # row r sits at byte position r * size // rows; keep the rows whose position is in [start, end)
-    return -(-start * src.rows // src.size), -(-end * src.rows // src.size)
-
-
-def _iter_parquet(src: Source, key: str, start: int, end: int) -> Iterator[tuple[int, Any]]:
-    import pyarrow.parquet as pq
-
-    first, last = _row_range(src, start, end)
-    pf = pq.ParquetFile(src.path)
-    column, path = text_column(pf.schema_arrow, key, src.path)
-    offset = 0
-    for group in range(pf.metadata.num_row_groups):
-        n = pf.metadata.row_group(group).num_rows
-        lo, hi = max(first, offset), min(last, offset + n)
-        if lo < hi:
-            values = pf.read_row_group(group, columns=[column]).column(0).to_pylist()
-            for row in range(lo, hi):
-                yield row + 1, _dig(values[row - offset], path)
-        offset += n
-
-
-def _dig(value: Any, path: str | None) -> Any:
-    return value if path is None else lookup(value, path)
-
-
-def _iter_hf(src: Source, key: str, split: str, start: int, end: int) -> Iterator[tuple[int, Any]]:
-    ds = open_hf_dataset(src.path, split)
-    first, last = _row_range(src, start, end)
-    column, path = text_column(ds.data.schema, key, src.path)
-    for lo in range(first, last, 1000):
-        hi = min(lo + 1000, last)
-        for i, value in enumerate(ds[lo:hi][column]):
-            yield lo + i + 1, _dig(value, path)
-
-
-@dataclass(frozen=True)
-class Unreadable:
-    """Payload standing for the rest of a file that cannot be read (truncated .gz, bad parquet)."""
-
-    error: str
-
-
-def _records(
-    src: Source, inp: InputConfig, start: int, end: int
-) -> Iterator[tuple[int | None, Any]]:
-    if src.kind == "parquet":
-        yield from _iter_parquet(src, inp.text_key, start, end)
-    elif src.kind == "hf":
-        yield from _iter_hf(src, inp.text_key, inp.hf_split, start, end)
-    elif src.line_records:
-        yield from _iter_lines(src, start, end)
-    elif start == 0:
-        with _open_binary(src) as f:
-            yield None, f.read().removeprefix(BOM)
-
-
-def iter_records(
-    src: Source, inp: InputConfig, start: int = 0, end: int | None = None
-) -> Iterator[tuple[int | None, Any]]:
-    """Records of `src` starting in bytes [start, end): (line or row number, raw payload).
-
-    Payloads: bytes (a JSONL line, a text line or a whole text file), a table value, or, when
-    the file breaks off (e.g. a truncated .gz), one final `Unreadable` numbered after the last
-    good record.
-    """
-    import zstandard
-
-    number = None
-    try:
-        for number, payload in _records(src, inp, start, src.size if end is None else end):
-            yield number, payload
-    except ConfigError:
-        raise
-    except (OSError, EOFError, ValueError, zstandard.ZstdError) as e:  # incl. gzip and pyarrow
-        if isinstance(number, int):
-            number += 1
-        elif src.kind != "text" or src.line_records:
-            number = 1
-        yield number, Unreadable(f"{e}")
