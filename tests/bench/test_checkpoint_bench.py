@@ -2,34 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-BENCH = REPO / "bench" / "checkpoint.py"
+from tests.bench._run import bench_json, run_bench
 
 
-def _bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, str(BENCH), *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+def _bench(*args: str) -> subprocess.CompletedProcess:
+    return run_bench("checkpoint.py", *args)
 
 
 def _bench_json(proc: subprocess.CompletedProcess) -> dict:
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH_JSON ")]
-    assert len(lines) == 1, proc.stdout[-3000:]
-    return json.loads(lines[0].removeprefix("BENCH_JSON "))
+    return bench_json(proc.stdout)
 
 
 def test_smoke_run_reports_sane_figures(tmp_path: Path) -> None:

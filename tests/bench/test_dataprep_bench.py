@@ -4,36 +4,16 @@ with Megatron-LM's output (bench/dataprep_megatron.py)."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench._run import REPO, bench_json, run_bench
+
 BENCH = REPO / "bench" / "dataprep.py"
 SMOKE = ["--limit-mb", "0.3", "--repeat", "1", "--vocab-size", "400", "--workers", "1"]
-
-
-def _bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [sys.executable, str(BENCH), *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def _bench_json(stdout: str) -> dict:
-    lines = [line for line in stdout.splitlines() if line.startswith("BENCH_JSON ")]
-    assert len(lines) == 1, stdout
-    return json.loads(lines[0].removeprefix("BENCH_JSON "))
 
 
 def _megatron_module():
@@ -46,9 +26,9 @@ def _megatron_module():
 
 
 def test_smoke_run_reports_sane_figures():
-    proc = _bench(*SMOKE)
+    proc = run_bench("dataprep.py", *SMOKE)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = _bench_json(proc.stdout)
+    result = bench_json(proc.stdout)
     assert result["bench"] == "dataprep" and result["repeat"] == 1
     assert result["megatron"] is None and result["ours_model_given"] is None
     assert 0.1 < result["input_mb"] <= 0.3 and result["docs"] > 0
@@ -64,7 +44,7 @@ def test_smoke_run_reports_sane_figures():
 
 
 def test_bad_megatron_dir_is_refused_before_any_run(tmp_path):
-    proc = _bench("--megatron", str(tmp_path), timeout=30)
+    proc = run_bench("dataprep.py", "--megatron", str(tmp_path), timeout=30)
     assert proc.returncode != 0 and "no tools/preprocess_data.py there" in proc.stderr
     assert "BENCH_JSON" not in proc.stdout
 
@@ -102,9 +82,11 @@ def test_compare_with_megatron_output(tmp_path):
     not os.environ.get("MEGATRON_LM_DIR"), reason="set MEGATRON_LM_DIR to a Megatron-LM checkout"
 )
 def test_megatron_output_is_identical():
-    proc = _bench(*SMOKE, "--megatron", os.environ["MEGATRON_LM_DIR"], timeout=300)
+    proc = run_bench(
+        "dataprep.py", *SMOKE, "--megatron", os.environ["MEGATRON_LM_DIR"], timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = _bench_json(proc.stdout)
+    result = bench_json(proc.stdout)
     megatron, given = result["megatron"], result["ours_model_given"]
     assert megatron.get("identical") is True, megatron
     assert megatron["mb_s"] > 0 and megatron["peak_mem_mb"] > 0
