@@ -55,11 +55,33 @@ def parse_key_values(argv: Sequence[str], cls: type[T], prog: str) -> T:
             raise ConfigError(
                 f"{prog}: unknown key {key!r}{nearest(key, names)} Valid keys: {', '.join(names)}"
             )
+    verbatim, parsed = _split_text_values(argv, cls)
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(cls), OmegaConf.from_dotlist(list(argv)))
-        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+        merged = OmegaConf.merge(OmegaConf.structured(cls), OmegaConf.from_dotlist(parsed))
+        cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         raise ConfigError(f"{prog}: {str(exc).splitlines()[0]} (see --help)") from exc
+    return dataclasses.replace(cfg, **verbatim)  # type: ignore[return-value]
+
+
+def _split_text_values(argv: Sequence[str], cls: type) -> tuple[dict[str, str | None], list[str]]:
+    """({key: value} of the text-typed keys, the other arguments).
+
+    Values of `str` fields are taken exactly as given: parsing them as YAML (OmegaConf) would
+    turn a prompt like `def f(a):` into a mapping, strip indentation and drop `# comments`.
+    `null` still means None for an optional text field.
+    """
+    kinds = {f.name: str(f.type).replace(" ", "") for f in dataclasses.fields(cls)}
+    verbatim: dict[str, str | None] = {}
+    parsed = []
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        key = key.lstrip("+")
+        if kinds.get(key) in ("str", "str|None"):
+            verbatim[key] = None if value == "null" and kinds[key] == "str|None" else value
+        else:
+            parsed.append(arg)
+    return verbatim, parsed
 
 
 def configure_tool_logging() -> None:

@@ -32,9 +32,6 @@ EXAMPLES = (
     "python -m pretrain.generate checkpoint=checkpoints/tiny/latest prompt_file=prompt.py seed=7",
 )
 
-VERBATIM = ("prompt", "prompt_file")
-"""Keys whose value is taken exactly as given (not parsed as YAML like the other keys)."""
-
 
 @dataclasses.dataclass
 class GenerateConfig:
@@ -164,42 +161,23 @@ def generate_text(cfg: GenerateConfig) -> str:
     return text
 
 
-def split_verbatim(argv: list[str]) -> tuple[list[str], dict[str, str]]:
-    """(the other arguments, {key: value}) for the VERBATIM keys: their values are not YAML.
-
-    `key=value` values are parsed as YAML (OmegaConf), which would turn `def f(a):` into a
-    mapping, strip indentation and drop `# comments`; a prompt must stay byte for byte.
-    """
-    rest, verbatim = [], {}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if sep and key.lstrip("+") in VERBATIM:
-            verbatim[key.lstrip("+")] = value
-        else:
-            rest.append(arg)
-    return rest, verbatim
-
-
 def parse_args(argv: list[str]) -> GenerateConfig:
     """`key=value` arguments -> a checked GenerateConfig (ConfigError names a bad key/value)."""
-    rest, verbatim = split_verbatim(argv)
-    cfg = dataclasses.replace(parse_key_values(rest, GenerateConfig, PROG), **verbatim)
+    cfg = parse_key_values(argv, GenerateConfig, PROG)  # text values are taken verbatim
     check_generate_config(cfg)
     return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (0, or 2 for a configuration/checkpoint error)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    rest, verbatim = split_verbatim(args)
 
     def body(cfg: GenerateConfig) -> int:
-        text = generate_text(dataclasses.replace(cfg, **verbatim))
+        text = generate_text(cfg)
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
         return 0
 
-    return run_tool(PROG, GenerateConfig, body, SUMMARY, EXAMPLES, rest)
+    return run_tool(PROG, GenerateConfig, body, SUMMARY, EXAMPLES, argv)
 
 
 if __name__ == "__main__":

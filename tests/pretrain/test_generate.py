@@ -206,9 +206,15 @@ def test_prompt_values_are_taken_verbatim() -> None:
     """`key=value` values are YAML for other keys; a prompt must stay byte for byte."""
     from pretrain.generate import parse_args, read_prompt
 
-    for prompt in ["def f(a):\n    # x: 1\n", "  [1, 2]", "null", "${x}", "a=b", "true", ""]:
+    for prompt in ["def f(a):\n    # x: 1\n", "  [1, 2]", "${x}", "a=b", "true", "1e3", ""]:
         assert parse_args(["checkpoint=c", f"prompt={prompt}"]).prompt == prompt
     assert read_prompt(parse_args(["checkpoint=c"])) == DEFAULT_PROMPT
+    assert read_prompt(parse_args(["checkpoint=c", "prompt=null"])) == DEFAULT_PROMPT
+    from pretrain.export_hf import parse_args as export_args
+
+    kept = export_args(["checkpoint=a", "output=b", "sample_prompt=def f(a):\n    # x"])
+    assert kept.sample_prompt == "def f(a):\n    # x"
+    assert export_args(["checkpoint=a", "output=b", "sample_prompt=null"]).sample_prompt is None
 
 
 def test_continuation_decodes_in_context(prepared_data: Path) -> None:
