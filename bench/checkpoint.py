@@ -4,9 +4,11 @@
     OMP_NUM_THREADS=1 .venv/bin/python bench/checkpoint.py --smoke   # 0.7M parameters, 1 repeat
 
 One process (gloo, CPU or GPU). Builds the model and a megatron optimizer with Adam state,
-then times `pretrain.checkpoint.save_checkpoint` (sync), the same save with
-`checkpoint.async_save=true` (blocking time = how long training stops), `load_checkpoint`, and
-a plain `write + fsync` / `read` of the same number of bytes in the same directory, each
+then times `pretrain.checkpoint.save_checkpoint` (sync) with its checksums (sha256 of every
+file, recorded in checksums.json) and without them, the same save with
+`checkpoint.async_save=true` (blocking time = how long training stops), `load_checkpoint` with
+and without `checkpoint.verify_checksums`, the sha256 of the checkpoint's files alone, and a
+plain `write + fsync` / `read` of the same number of bytes in the same directory, each
 `--repeat` times (median). Everything is written in a fresh temporary folder inside `--dir`
 (default `checkpoints/bench_checkpoint` of this checkout), removed at the end. Needs no data.
 Prints a table and one JSON line (prefix `BENCH_JSON `).
@@ -23,6 +25,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
@@ -122,6 +125,57 @@ def measure(args: argparse.Namespace) -> dict:
                 parent.rmdir()
 
 
+def _seconds(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _save(ctx: TrainContext, checksums: bool) -> tuple[float, Path]:
+    """Seconds of one sync save of the next step (checksums recorded or skipped)."""
+    from pretrain import checkpoint
+    from pretrain.checkpoint import verify
+
+    ctx.state.step += 1
+    original = verify.record_checksums
+    if not checksums:
+        verify.record_checksums = lambda tmp: None  # type: ignore[assignment]
+    try:
+        start = time.perf_counter()
+        path = checkpoint.save_checkpoint(ctx)
+        return time.perf_counter() - start, path
+    finally:
+        verify.record_checksums = original
+
+
+def _load(ctx: TrainContext, path: Path, checksums: bool) -> float:
+    from pretrain import checkpoint
+
+    ctx.cfg.checkpoint.verify_checksums = checksums
+    return _seconds(lambda: checkpoint.load_checkpoint(ctx, path))
+
+
+def _async_save(ctx: TrainContext) -> tuple[float, float]:
+    """(seconds training blocks, seconds until committed) of one async save."""
+    from pretrain import checkpoint
+
+    ctx.cfg.checkpoint.async_save = True
+    ctx.state.step += 1
+    start = time.perf_counter()
+    checkpoint.save_checkpoint(ctx)
+    blocking = time.perf_counter() - start
+    checkpoint.finalize(ctx)
+    ctx.cfg.checkpoint.async_save = False
+    return blocking, time.perf_counter() - start
+
+
+def _hash_files(path: Path) -> float:
+    from pretrain.checkpoint import verify
+
+    files = [p for p in path.iterdir() if p.is_file() and p.name not in verify.UNHASHED]
+    return _seconds(lambda: [verify.file_digest(p) for p in files])
+
+
 def _timed(args: argparse.Namespace, run_dir: Path) -> dict:
     """Build the context in `run_dir`, time saves, loads and raw I/O; the result record."""
     from pretrain import checkpoint
@@ -129,43 +183,46 @@ def _timed(args: argparse.Namespace, run_dir: Path) -> dict:
     ctx = build_context(args, run_dir)
     ctx.cfg.checkpoint.keep_last = 1
     checkpoint.save_checkpoint(ctx)  # warm-up (imports, strategy caches)
-    saves, loads, blocks, totals, writes, reads = [], [], [], [], [], []
+    times: dict[str, list[float]] = {}
     for _ in range(args.repeat):
-        ctx.state.step += 1
-        start = time.perf_counter()
-        path = checkpoint.save_checkpoint(ctx)
-        saves.append(time.perf_counter() - start)
+        plain_s, path = _save(ctx, checksums=False)
+        save_s, path = _save(ctx, checksums=True)
         num_bytes = _dir_bytes(path)
-        start = time.perf_counter()
-        checkpoint.load_checkpoint(ctx, path)
-        loads.append(time.perf_counter() - start)
-        ctx.cfg.checkpoint.async_save = True
-        ctx.state.step += 1
-        start = time.perf_counter()
-        checkpoint.save_checkpoint(ctx)
-        blocks.append(time.perf_counter() - start)
-        checkpoint.finalize(ctx)
-        totals.append(time.perf_counter() - start)
-        ctx.cfg.checkpoint.async_save = False
-        write_s, read_s = raw_write_read(run_dir / "raw.bin", num_bytes)
-        writes.append(write_s)
-        reads.append(read_s)
+        row = {
+            "save": save_s,
+            "save_plain": plain_s,
+            "load": _load(ctx, path, checksums=True),
+            "load_plain": _load(ctx, path, checksums=False),
+            "hash": _hash_files(path),
+        }
+        row["async_blocking"], row["async_total"] = _async_save(ctx)
+        row["write"], row["read"] = raw_write_read(run_dir / "raw.bin", num_bytes)
+        for key, value in row.items():
+            times.setdefault(key, []).append(value)
+    return _record(ctx, args, num_bytes, {k: _median(v) for k, v in times.items()})
+
+
+def _record(ctx: TrainContext, args: argparse.Namespace, num_bytes: int, t: dict) -> dict:
     gb = num_bytes / 1e9
-    save_s, load_s, write_s, read_s = map(_median, (saves, loads, writes, reads))
     return {
         "bench": "checkpoint",
         "params": sum(p.numel() for p in ctx.model[0].parameters()),
         "bytes": num_bytes,
         "repeat": args.repeat,
-        "save_s": round(save_s, 3),
-        "save_gbps": round(gb / save_s, 3),
-        "load_s": round(load_s, 3),
-        "load_gbps": round(gb / load_s, 3),
-        "raw_write_gbps": round(gb / write_s, 3),
-        "raw_read_gbps": round(gb / read_s, 3),
-        "save_vs_raw_write": round(write_s / save_s, 3),
-        "async_blocking_s": round(_median(blocks), 3),
-        "async_total_s": round(_median(totals), 3),
+        "save_s": round(t["save"], 3),
+        "save_gbps": round(gb / t["save"], 3),
+        "save_no_checksums_s": round(t["save_plain"], 3),
+        "save_no_checksums_gbps": round(gb / t["save_plain"], 3),
+        "load_s": round(t["load"], 3),
+        "load_gbps": round(gb / t["load"], 3),
+        "load_no_checksums_s": round(t["load_plain"], 3),
+        "load_no_checksums_gbps": round(gb / t["load_plain"], 3),
+        "sha256_gbps": round(gb / t["hash"], 3),
+        "raw_write_gbps": round(gb / t["write"], 3),
+        "raw_read_gbps": round(gb / t["read"], 3),
+        "save_vs_raw_write": round(t["write"] / t["save"], 3),
+        "async_blocking_s": round(t["async_blocking"], 3),
+        "async_total_s": round(t["async_total"], 3),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
     }
 
@@ -206,11 +263,15 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         parallel.teardown()
     print(f"model: {rec['params'] / 1e6:.1f}M parameters, checkpoint {rec['bytes'] / 1e9:.3f} GB")
+    gb = rec["bytes"] / 1e9
     rows = [
         ("save (sync)", rec["save_s"], rec["save_gbps"]),
+        ("save, no checksums", rec["save_no_checksums_s"], rec["save_no_checksums_gbps"]),
         ("load", rec["load_s"], rec["load_gbps"]),
-        ("raw write+fsync", rec["bytes"] / 1e9 / rec["raw_write_gbps"], rec["raw_write_gbps"]),
-        ("raw read", rec["bytes"] / 1e9 / rec["raw_read_gbps"], rec["raw_read_gbps"]),
+        ("load, no checksums", rec["load_no_checksums_s"], rec["load_no_checksums_gbps"]),
+        ("sha256 of the files", gb / rec["sha256_gbps"], rec["sha256_gbps"]),
+        ("raw write+fsync", gb / rec["raw_write_gbps"], rec["raw_write_gbps"]),
+        ("raw read", gb / rec["raw_read_gbps"], rec["raw_read_gbps"]),
         ("async save: blocking", rec["async_blocking_s"], None),
         ("async save: total", rec["async_total_s"], None),
     ]

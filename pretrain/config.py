@@ -272,6 +272,10 @@ class CheckpointConfig:
     """With load: take only model weights, fresh optimizer/state."""
     save_at_end: bool = True
     """Save when training finishes."""
+    verify_checksums: bool = True
+    """Before loading, hash every file of the checkpoint (the ranks share the work) and compare
+    with the checksums.json its save recorded; a mismatch counts as damage (resume=auto falls
+    back to an older checkpoint). Sizes and structure are checked either way."""
 
 
 @dataclass

@@ -6,7 +6,10 @@ the same checks on the same config and WORLD_SIZE, so they fail together, withou
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 from pretrain.config import CHOICES, ConfigError, PretrainConfig
@@ -191,6 +194,7 @@ def _check_misc(cfg: PretrainConfig) -> None:
         f"checkpoint.resume={cfg.checkpoint.resume!r} must be 'auto' or 'never'",
     )
     _require(bool(cfg.run.dir), "run.dir must not be empty")
+    _check_run_dir(cfg.run.dir)
     _check_data_split(cfg.data.split)
     if cfg.data.weights is not None:
         _require(
@@ -221,6 +225,56 @@ def _check_data_split(split: str) -> None:
     )
 
 
+def _non_finite(node: Any, key: str = "") -> list[str]:
+    """`key=value` of every float (also in lists) in a config tree that is NaN or +-Inf."""
+    if dataclasses.is_dataclass(node):
+        return [
+            bad
+            for f in dataclasses.fields(node)
+            for bad in _non_finite(getattr(node, f.name), f"{key}.{f.name}" if key else f.name)
+        ]
+    if isinstance(node, (list, tuple)):
+        return [bad for i, value in enumerate(node) for bad in _non_finite(value, f"{key}[{i}]")]
+    if isinstance(node, float) and not math.isfinite(node):
+        return [f"{key}={node}"]
+    return []
+
+
+def _check_finite(cfg: PretrainConfig) -> None:
+    """No float key may be nan or inf (optim.lr=inf would train, and save, a NaN model)."""
+    bad = _non_finite(cfg)
+    _require(
+        not bad,
+        f"{', '.join(bad)}: must be a finite number (nan and inf are not allowed), "
+        "e.g. optim.lr=3e-4",
+    )
+
+
+def _nearest_existing(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path("/")
+
+
+def _check_run_dir(run_dir: str) -> None:
+    """run.dir (or the folder it will be created in) must be a writable directory."""
+    path = Path(run_dir).expanduser()
+    existing = _nearest_existing(path)
+    _require(
+        existing.is_dir(),
+        f"run.dir={path}: {existing} is a file, not a directory; choose another run.dir",
+    )
+    if os.access(existing, os.W_OK | os.X_OK):
+        return
+    read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+    why = "on a read-only file system" if read_only else "not writable by this user"
+    raise ConfigError(
+        f"run.dir={path}: {existing} is {why}; checkpoints, logs and metrics are written "
+        "there. Choose a writable run.dir"
+    )
+
+
 def _lookup(cfg: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         cfg = getattr(cfg, part)
@@ -240,6 +294,7 @@ def validate(cfg: PretrainConfig, world_size: int | None = None) -> list[dict[st
     """Check the whole config (and the data manifests); return the parsed manifests."""
     world = world_size if world_size is not None else world_size_from_env()
     _check_choices(cfg)
+    _check_finite(cfg)
     dp = _check_parallel(cfg, world)
     _check_model(cfg)
     _check_batch(cfg, dp)

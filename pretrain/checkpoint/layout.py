@@ -5,6 +5,7 @@ ${run.dir}/
   iter_0000100/             a complete checkpoint (renamed from its temporary name when done)
   iter_0000200/
   iter_0000300.tmp-incomplete/   a save in progress, or one killed mid-write (never loaded)
+  iter_0000400.damaged/     a checkpoint found damaged at a resume (kept; never loaded/rotated)
   latest                    text: "iter_0000200\n", replaced atomically, written last
 ```
 
@@ -163,3 +164,19 @@ def rotate(run_dir: Path, keep_last: int, protect: Path | None = None) -> list[P
         os.replace(path, trash)
         shutil.rmtree(trash, ignore_errors=True)
     return doomed
+
+
+DAMAGED_SUFFIX = ".damaged"
+"""Suffix a damaged checkpoint is renamed to: kept for inspection, never loaded or rotated."""
+
+
+def set_aside(path: Path) -> Path:
+    """Rename checkpoint `path` to `<name>.damaged` (or `.damaged-N`); returns the new path."""
+    target = path.with_name(path.name + DAMAGED_SUFFIX)
+    count = 1
+    while target.exists():
+        count += 1
+        target = path.with_name(f"{path.name}{DAMAGED_SUFFIX}-{count}")
+    os.replace(path, target)
+    fsync_dir(path.parent)
+    return target

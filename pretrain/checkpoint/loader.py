@@ -1,4 +1,13 @@
-"""Which checkpoint a run starts from, the checks before loading it, and restoring it."""
+"""Which checkpoint a run starts from, the checks before loading it, and restoring it.
+
+With `checkpoint.resume=auto`, a damaged checkpoint (a file missing, truncated, corrupt, failing
+its checksum, or NaN/Inf weights: `verify`) is skipped with a warning naming what is wrong, and
+the next older complete checkpoint is tried. Once one loads, the damaged newer ones are set
+aside as `iter_XXXXXXX.damaged` (kept, never loaded or rotated again) and `latest` names the
+one loaded. If every checkpoint is damaged the run stops (exit 2), renaming nothing. An explicit
+`checkpoint.load` is never replaced: a damaged one is a one-line error naming the file (exit 2).
+A file that would run code (`UnsafeCheckpoint`) is refused outright, never skipped.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pretrain import faults
-from pretrain.checkpoint import layout, meta, safety, state
+from pretrain.checkpoint import layout, meta, state, verify
 from pretrain.checkpoint.async_save import prepare_dist_checkpointing
-from pretrain.checkpoint.meta import CheckpointError
+from pretrain.checkpoint.collective import world
+from pretrain.checkpoint.errors import CheckpointError, DamagedCheckpoint
 from pretrain.config import CheckpointConfig
 
 if TYPE_CHECKING:
@@ -44,11 +54,12 @@ def check_options(cfg: CheckpointConfig) -> None:
             )
 
 
-def choose_checkpoint(cfg: CheckpointConfig, run_dir: Path) -> tuple[Path | None, bool]:
-    """Which checkpoint to start from, and whether to take only its weights.
+def candidates(cfg: CheckpointConfig, run_dir: Path) -> tuple[list[Path], bool, bool]:
+    """(checkpoints to try in order, weights only, whether checkpoint.load named the one).
 
     A complete checkpoint in this run's own directory always wins (with resume=auto), so a
-    preempted and requeued job resumes itself even when its command line has checkpoint.load.
+    preempted and requeued job resumes itself even when its command line has checkpoint.load;
+    the run's older complete checkpoints follow, newest first, as fallbacks.
     """
     check_options(cfg)
     if cfg.resume == "auto":
@@ -58,25 +69,36 @@ def choose_checkpoint(cfg: CheckpointConfig, run_dir: Path) -> tuple[Path | None
                 log.info(
                     "resuming %s; checkpoint.load=%s is ignored (run has its own)", own, cfg.load
                 )
-            return own, False
+            older = [p for p in layout.list_complete(run_dir) if _step(p) < _step(own)]
+            return [own, *reversed(older)], False, False
     if cfg.load:
         try:
-            return layout.resolve_load_path(Path(cfg.load)), bool(cfg.weights_only)
+            return [layout.resolve_load_path(Path(cfg.load))], bool(cfg.weights_only), True
         except FileNotFoundError as exc:
             raise CheckpointError(str(exc)) from exc
     if cfg.weights_only:
         log.warning("checkpoint.weights_only=true has no effect without checkpoint.load")
-    return None, False
+    return [], False, False
+
+
+def _step(path: Path) -> int:
+    return layout.step_of(path) or 0
+
+
+def choose_checkpoint(cfg: CheckpointConfig, run_dir: Path) -> tuple[Path | None, bool]:
+    """Which checkpoint to start from (before any fallback), and whether to take only weights."""
+    paths, weights_only, _ = candidates(cfg, run_dir)
+    return (paths[0] if paths else None), weights_only
 
 
 def load_at_start(ctx: TrainContext) -> None:
     """Restore model/optimizer/scheduler/TrainState/RNG from a checkpoint, if one applies."""
     prepare_dist_checkpointing()
-    path, weights_only = choose_checkpoint(ctx.cfg.checkpoint, ctx.run_dir)
-    if path is None:
+    paths, weights_only, explicit = candidates(ctx.cfg.checkpoint, ctx.run_dir)
+    if not paths:
         log.info("no checkpoint to resume in %s: starting from step 0", ctx.run_dir)
         return
-    load_checkpoint(ctx, path, weights_only)
+    path = _load_first_good(ctx, paths, weights_only, explicit)
     ctx.saver.last_save_time = time.monotonic()
     if path.parent.resolve() == ctx.run_dir.resolve():
         ctx.saver.last_saved_step = ctx.state.step  # this run dir already has this step
@@ -84,15 +106,59 @@ def load_at_start(ctx: TrainContext) -> None:
         faults.clear_marker(ctx.run_dir)
 
 
-def load_checkpoint(ctx: TrainContext, path: Path, weights_only: bool = False) -> dict[str, Any]:
-    """Load `path` into the context (collective); returns its meta.json."""
-    from megatron.core import dist_checkpointing
+def _load_first_good(
+    ctx: TrainContext, paths: list[Path], weights_only: bool, explicit: bool
+) -> Path:
+    """Load the first checkpoint of `paths` that is not damaged (see the module docstring)."""
+    damaged: list[DamagedCheckpoint] = []
+    for path in paths:
+        try:
+            load_checkpoint(ctx, path, weights_only)
+        except DamagedCheckpoint as exc:
+            if explicit:
+                raise
+            damaged.append(exc)
+            if ctx.dist.is_rank0:
+                log.warning("%s; trying an older checkpoint (checkpoint.resume=auto)", exc)
+            continue
+        if damaged:
+            _set_aside(ctx.run_dir, damaged, path)
+        return path
+    raise CheckpointError(
+        f"every checkpoint in run.dir={ctx.run_dir} is damaged: "
+        + " | ".join(str(d) for d in damaged)
+        + ". Restore the files, move the checkpoints away, or start over with "
+        "checkpoint.resume=never (which overwrites them step by step)"
+    )
 
+
+def _set_aside(run_dir: Path, damaged: list[DamagedCheckpoint], loaded: Path) -> None:
+    """Rank 0: rename damaged checkpoints to `*.damaged`, point `latest` at `loaded` (sync)."""
+    from pretrain.parallel import barrier
+
+    if world()[0] == 0:
+        try:
+            for exc in damaged:
+                target = layout.set_aside(exc.path)
+                log.warning("kept the damaged checkpoint as %s (not loaded again)", target)
+            layout.write_latest(run_dir, loaded.name)
+        except OSError as exc:  # e.g. a read-only run.dir: the next save fails clearly
+            log.warning("could not set the damaged checkpoints aside: %s", exc)
+        log.warning("resumed from %s, the newest checkpoint that is not damaged", loaded)
+    barrier()
+
+
+def load_checkpoint(ctx: TrainContext, path: Path, weights_only: bool = False) -> dict[str, Any]:
+    """Verify and load `path` into the context (collective); returns its meta.json.
+
+    DamagedCheckpoint when its files are damaged or it holds NaN/Inf (the model may then be
+    partly overwritten: load another checkpoint or stop).
+    """
     start = time.perf_counter()
+    verify.inspect(path, ctx.cfg.checkpoint.verify_checksums)
     saved = meta.read_meta(path)
     vocab = meta.tokenizer_vocab(ctx.cfg, ctx.data_manifests)
     meta.check_compatible(saved, path, ctx.cfg, ctx.data_manifests, vocab, weights_only)
-    safety.check_checkpoint_files(path)
     for note in [] if weights_only else meta.resume_changes(saved, ctx.cfg):
         log.warning("resuming %s with a changed config: %s", path, note)
     now = meta.layout_of(ctx.cfg, ctx.dist)
@@ -108,7 +174,7 @@ def load_checkpoint(ctx: TrainContext, path: Path, weights_only: bool = False) -
     request = state.build_load_request(
         ctx, weights_only, with_rng=same_layout, rng_keys=saved.get("rng_keys")
     )
-    loaded = dist_checkpointing.load(request, str(path))
+    loaded = verify.read_tensors(request, path)
     if not weights_only:
         loaded.setdefault("train_state", saved["train_state"])
     configured = meta.schedule_of(ctx.scheduler)

@@ -17,9 +17,10 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pretrain.checkpoint.errors import CheckpointError
 from pretrain.checkpoint.layout import META_FILE
 from pretrain.checkpoint.state import DISTOPT_SHARDING
-from pretrain.config import ConfigError, ModelConfig, PretrainConfig
+from pretrain.config import ModelConfig, PretrainConfig
 from pretrain.state import TrainState
 
 if TYPE_CHECKING:
@@ -47,9 +48,16 @@ ARCH_KEYS = (
 )
 """Model properties that must match between a checkpoint and the model it is loaded into."""
 
-
-class CheckpointError(ConfigError):
-    """A checkpoint cannot be used as asked; the message says what differs and how to fix it."""
+REQUIRED_KEYS = (
+    ("step",),
+    ("train_state",),
+    ("layout",),
+    ("arch", "vocab_size"),
+    ("precision",),
+    ("config", "model"),
+    ("config", "train", "seq_length"),
+)
+"""Paths of the meta.json keys that loading and the Hugging Face export read."""
 
 
 def is_secret_name(name: str) -> bool:
@@ -197,14 +205,29 @@ def read_meta(ckpt_dir: Path) -> dict[str, Any]:
     path = ckpt_dir / META_FILE
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise CheckpointError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: not a JSON object (damaged, or not written by pretrain)")
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: format_version {meta.get('format_version')} is not supported "
             f"(this code reads version {FORMAT_VERSION})"
         )
+    missing = [".".join(keys) for keys in REQUIRED_KEYS if not _has(meta, keys)]
+    if missing:
+        raise CheckpointError(
+            f"{path}: missing key(s) {', '.join(missing)} (damaged, or not written by pretrain)"
+        )
     return meta
+
+
+def _has(tree: Any, keys: tuple[str, ...]) -> bool:
+    for key in keys:
+        if not isinstance(tree, dict) or key not in tree:
+            return False
+        tree = tree[key]
+    return True
 
 
 def check_compatible(

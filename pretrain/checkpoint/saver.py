@@ -1,10 +1,13 @@
 """When and where to save, writing a checkpoint, and committing it.
 
-Saving writes `${run.dir}/iter_XXXXXXX.tmp-incomplete/` (megatron's torch_dist shards, common.pt,
-metadata.json, plus our meta.json, config.yaml and tokenizer.model), then, after every rank
-finished, rank 0 renames it to `iter_XXXXXXX/`, replaces the `latest` marker atomically and
-deletes checkpoints beyond `checkpoint.keep_last`. A crash at any point leaves `latest` naming
-a complete checkpoint (see `layout`).
+Saving first checks that every weight is finite (`finite`: a diverged model is never saved)
+and that the disk can hold another checkpoint, then writes `${run.dir}/iter_XXXXXXX.tmp-incomplete/`
+(megatron's torch_dist shards, common.pt, metadata.json, plus our meta.json, config.yaml and
+tokenizer.model). After every rank finished, the files are hashed into checksums.json
+(`verify`), rank 0 renames the directory to `iter_XXXXXXX/`, replaces the `latest` marker
+atomically and deletes checkpoints beyond `checkpoint.keep_last`. A crash at any point leaves
+`latest` naming a complete checkpoint (see `layout`); a failed write (a full disk) removes the
+torn directory and ends the run with exit 74 (`write_errors`), keeping the previous checkpoint.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pretrain import faults
-from pretrain.checkpoint import async_save, layout, meta, state
-from pretrain.checkpoint.meta import CheckpointError
+from pretrain.checkpoint import async_save, finite, layout, meta, state, verify
+from pretrain.checkpoint.collective import FAILURES, all_gather
+from pretrain.checkpoint.errors import CheckpointError, CheckpointWriteError
+from pretrain.checkpoint.write_errors import disk_full, space_problem, write_failed
 from pretrain.parallel import barrier, global_rank
 
 if TYPE_CHECKING:
@@ -51,7 +56,7 @@ class Saver:
 def maybe_save(ctx: TrainContext, force: bool = False) -> bool:
     """Save when an interval is due (or `force`); returns True if a save was started."""
     saver = ctx.saver
-    async_save.finalize_async(saver, blocking=False)
+    finalize_async(ctx, blocking=False)
     step, cfg = ctx.state.step, ctx.cfg.checkpoint
     due = force or (cfg.save_interval > 0 and step % cfg.save_interval == 0)
     if not due and cfg.save_interval_minutes > 0:
@@ -68,7 +73,7 @@ def finalize(ctx: TrainContext) -> None:
     saver = ctx.saver
     if ctx.cfg.checkpoint.save_at_end and ctx.state.step != saver.last_saved_step:
         save_checkpoint(ctx)
-    async_save.finalize_async(saver, blocking=True)
+    finalize_async(ctx, blocking=True)
     if faults.stopping() and ctx.dist.is_rank0:
         latest = layout.read_latest(ctx.run_dir)
         marker = faults.write_marker(ctx.run_dir, ctx.state.step, str(latest) if latest else None)
@@ -81,6 +86,18 @@ def finalize(ctx: TrainContext) -> None:
         )
 
 
+def finalize_async(ctx: TrainContext, blocking: bool) -> None:
+    """Commit finished background saves; a failed background write ends the run (exit 74)."""
+    try:
+        async_save.finalize_async(ctx.saver, blocking=blocking)
+    except CheckpointWriteError:
+        raise
+    except FAILURES as exc:
+        name = ctx.saver.pending[0] if ctx.saver.pending else "checkpoint"
+        tmp = ctx.run_dir / (name + layout.TMP_SUFFIX)
+        raise write_failed(ctx.run_dir, tmp, exc, ctx.dist.is_rank0) from exc
+
+
 def save_checkpoint(ctx: TrainContext) -> Path:
     """Write the checkpoint of the current step (collective). Returns its final directory."""
     from megatron.core import dist_checkpointing
@@ -88,22 +105,25 @@ def save_checkpoint(ctx: TrainContext) -> Path:
 
     async_save.prepare_dist_checkpointing()
     saver = ctx.saver
-    async_save.finalize_async(saver, blocking=True)
+    finalize_async(ctx, blocking=True)
+    finite.check_weights_finite(ctx)
     start = time.perf_counter()
     run_dir, step = ctx.run_dir, ctx.state.step
     name = layout.iter_dir_name(step)
     tmp, final = run_dir / (name + layout.TMP_SUFFIX), run_dir / name
     prepare_tmp(run_dir, tmp)
     use_async = bool(ctx.cfg.checkpoint.async_save)
-    request = dist_checkpointing.save(
-        state.build_save_state(ctx),
-        str(tmp),
-        sharded_strategy=get_default_save_sharded_strategy("torch_dist"),
-        async_sharded_save=use_async,
-        preprocess_common_before_consistancy_check=_without_rank_local_fields,
-    )
-    if ctx.dist.is_rank0:
-        _write_meta_files(ctx, tmp)
+    try:
+        request = dist_checkpointing.save(
+            state.build_save_state(ctx),
+            str(tmp),
+            sharded_strategy=get_default_save_sharded_strategy("torch_dist"),
+            async_sharded_save=use_async,
+            preprocess_common_before_consistancy_check=_without_rank_local_fields,
+        )
+    except FAILURES as exc:
+        raise write_failed(run_dir, tmp, exc, ctx.dist.is_rank0) from exc
+    _agree_written(run_dir, tmp, _write_meta_files(ctx, tmp) if ctx.dist.is_rank0 else None)
     _maybe_crash_for_tests(step)
     keep_last = ctx.cfg.checkpoint.keep_last
     saver.last_saved_step, saver.last_save_time = step, time.monotonic()
@@ -120,23 +140,46 @@ def save_checkpoint(ctx: TrainContext) -> Path:
     return final
 
 
+def _agree_written(run_dir: Path, tmp: Path, error: OSError | None) -> None:
+    """Collective: if a rank failed to write its part of `tmp`, every rank stops (exit 74)."""
+    failures = [e for e in all_gather(error and (str(error), error.errno)) if e]
+    if failures:
+        text, code = failures[0]
+        raise write_failed(run_dir, tmp, OSError(code, text), global_rank() == 0)
+
+
 def prepare_tmp(run_dir: Path, tmp: Path) -> None:
-    """Rank 0 creates the temporary directory; every rank raises the same clear error if not."""
-    error = None
+    """Rank 0 creates the temporary directory; every rank raises the same clear error if not.
+
+    Also refuses (exit 74) a save the disk cannot hold (`write_errors.space_problem`).
+    """
+    problem = None
     if global_rank() == 0:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
             layout.remove_stale_tmp(run_dir)
-            tmp.mkdir(exist_ok=True)
+            space = space_problem(run_dir)
+            problem = ("full", space) if space else None
+            if problem is None:
+                tmp.mkdir(exist_ok=True)
         except OSError as exc:
-            error = exc
-    if faults.any_rank(error is not None):  # collective: also the barrier before writing
-        previous = layout.read_latest(run_dir) if run_dir.is_dir() else None
-        raise CheckpointError(
-            f"cannot create checkpoint directory {tmp}: {error or 'failed on rank 0'}. "
-            "Check that run.dir is writable and its disk has space; the previous checkpoint "
-            f"({previous or 'none'}) is kept."
-        )
+            kind = "full" if disk_full(exc, None) else "mkdir"
+            problem = (kind, _mkdir_message(run_dir, tmp, exc))
+    problems = [p for p in all_gather(problem) if p]  # collective: the barrier too
+    if not problems:
+        return
+    kind, message = problems[0]
+    if kind == "full":
+        raise CheckpointWriteError(message).report()
+    raise CheckpointError(message)
+
+
+def _mkdir_message(run_dir: Path, tmp: Path, exc: OSError) -> str:
+    previous = layout.read_latest(run_dir) if run_dir.is_dir() else None
+    return (
+        f"cannot create checkpoint directory {tmp}: {exc}. Check that run.dir is writable and "
+        f"its disk has space; the previous checkpoint ({previous or 'none'}) is kept."
+    )
 
 
 def _maybe_crash_for_tests(step: int) -> None:
@@ -153,30 +196,54 @@ def _without_rank_local_fields(common: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in common.items() if k != "train_state"}
 
 
-def _write_meta_files(ctx: TrainContext, tmp: Path) -> None:
+def _write_meta_files(ctx: TrainContext, tmp: Path) -> OSError | None:
+    """Rank 0: meta.json, config.yaml and the tokenizer copy; returns the write error, if any."""
     record = meta.build_training_meta(ctx)
     record["rng_keys"] = sorted(state.capture_rng())  # e.g. `cuda` only when saved on GPU
-    meta.write_meta(tmp, record)
-    tokenizer = Path(ctx.tokenizer.path)
-    if tokenizer.is_file():  # makes the checkpoint self-contained (export, generate)
-        shutil.copyfile(tokenizer, tmp / "tokenizer.model")
+    try:
+        meta.write_meta(tmp, record)
+        tokenizer = Path(ctx.tokenizer.path)
+        if tokenizer.is_file():  # makes the checkpoint self-contained (export, generate)
+            shutil.copyfile(tokenizer, tmp / "tokenizer.model")
+    except OSError as exc:
+        return exc
+    return None
 
 
 def commit(run_dir: Path, tmp: Path, final: Path, keep_last: int) -> None:
-    """After every rank wrote its shards: rename, mark `latest`, rotate (rank 0), then sync."""
+    """After every rank wrote its shards: checksums, rename, mark `latest`, rotate (rank 0).
+
+    Collective. Rotation runs only once the new checkpoint is committed, and never deletes it.
+    """
     barrier()
-    if global_rank() == 0:
-        if final.exists():  # re-saving a step (e.g. a run resumed from an older checkpoint)
-            trash = final.with_name(final.name + ".replaced" + layout.TMP_SUFFIX)
-            os.replace(final, trash)
-            shutil.rmtree(trash, ignore_errors=True)
-        os.replace(tmp, final)
-        layout.fsync_dir(run_dir)
-        layout.write_latest(run_dir, final.name)
-        removed = layout.rotate(run_dir, keep_last, protect=final)
-        if removed:
-            log.info("keep_last=%d: removed %s", keep_last, ", ".join(p.name for p in removed))
-    barrier()
+    error = verify.record_checksums(tmp)
+    if error is None and global_rank() == 0:
+        try:
+            _publish(run_dir, tmp, final, keep_last)
+        except OSError as exc:
+            error = exc
+    _agree_written(run_dir, tmp, error)
 
 
-__all__ = ["CRASH_ENV", "Saver", "commit", "finalize", "maybe_save", "save_checkpoint"]
+def _publish(run_dir: Path, tmp: Path, final: Path, keep_last: int) -> None:
+    if final.exists():  # re-saving a step (e.g. a run resumed from an older checkpoint)
+        trash = final.with_name(final.name + ".replaced" + layout.TMP_SUFFIX)
+        os.replace(final, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    os.replace(tmp, final)
+    layout.fsync_dir(run_dir)
+    layout.write_latest(run_dir, final.name)
+    removed = layout.rotate(run_dir, keep_last, protect=final)
+    if removed:
+        log.info("keep_last=%d: removed %s", keep_last, ", ".join(p.name for p in removed))
+
+
+__all__ = [
+    "CRASH_ENV",
+    "Saver",
+    "commit",
+    "finalize",
+    "finalize_async",
+    "maybe_save",
+    "save_checkpoint",
+]

@@ -13,8 +13,10 @@ rng_state.<name>            this rank's RNG states as ShardedTensors of shape (w
 
 Everything is a tensor or a plain Python value, so the checkpoint loads without unpickling
 code: common.pt is read by `torch.load(weights_only=True)`, and no ShardedObject (which
-torch.distributed.checkpoint would unpickle with `weights_only=False`) is saved: the local
-spec's empty `_extra_state` entries become non-persistent `None`s.
+torch.distributed.checkpoint would unpickle with `weights_only=False`) is saved: the
+`_extra_state` entries (None in the local spec; Transformer Engine's FP8 scaling metadata, which
+has no use without FP8, a precision this pipeline does not offer) are not saved, and a save that
+would still hold a ShardedObject is refused (`build_save_state`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+from pretrain.checkpoint.safety import check_request
 
 if TYPE_CHECKING:
     from pretrain.context import TrainContext
@@ -56,16 +60,23 @@ def _sd_metadata() -> dict[str, Any]:
 
 
 def _drop_empty_objects(tree: Any) -> Any:
-    """Replace ShardedObjects holding None (local-spec `_extra_state`) by non-persistent Nones."""
+    """Replace `_extra_state` ShardedObjects (and any holding None) by non-persistent objects.
+
+    They keep their live value on load (a module's own extra state is put back into it).
+    """
     from megatron.core.dist_checkpointing.mapping import LocalNonpersistentObject, ShardedObject
 
     if isinstance(tree, dict):
         return {k: _drop_empty_objects(v) for k, v in tree.items()}
     if isinstance(tree, list):
         return [_drop_empty_objects(v) for v in tree]
-    if isinstance(tree, ShardedObject) and tree.data is None:
-        return LocalNonpersistentObject(None)
+    if isinstance(tree, ShardedObject) and (tree.data is None or _is_extra_state(tree.key)):
+        return LocalNonpersistentObject(tree.data)
     return tree
+
+
+def _is_extra_state(key: str) -> bool:
+    return key.split("/")[0].endswith("_extra_state")
 
 
 def model_sharded_state_dict(model: list[torch.nn.Module]) -> dict[str, Any]:
@@ -257,6 +268,7 @@ def build_save_state(ctx: TrainContext) -> dict[str, Any]:
     state["opt_param_scheduler"] = ctx.scheduler.state_dict()
     state["train_state"] = ctx.state.to_dict()
     state["rng_state"] = rng_sharded_state_dict(capture_rng())
+    check_request(state, where="the checkpoint to save")  # we would refuse to load it
     return state
 
 

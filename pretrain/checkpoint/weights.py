@@ -12,22 +12,24 @@ from typing import Any
 
 import torch
 
-from pretrain.checkpoint import layout, meta, safety, state
+from pretrain.checkpoint import layout, meta, state, verify
 from pretrain.checkpoint.async_save import prepare_dist_checkpointing
 
 
-def load_model_weights(chunks: list[torch.nn.Module], ckpt_dir: Path) -> None:
+def load_model_weights(
+    chunks: list[torch.nn.Module], ckpt_dir: Path, verify_checksums: bool = True
+) -> None:
     """Fill `chunks` (unwrapped GPTModels of any layout) from a checkpoint's model state.
 
-    The checkpoint's files are checked first (`safety`); megatron reshards on load.
-    Collective when torch.distributed runs several processes.
+    The checkpoint is verified first (`verify.inspect`: files present and complete, checksums,
+    nothing that would run code) and its tensors must be finite: a CheckpointError names the
+    file otherwise. megatron reshards on load. Collective when torch.distributed runs several
+    processes.
     """
-    from megatron.core import dist_checkpointing
-
-    safety.check_checkpoint_files(ckpt_dir)
+    verify.inspect(ckpt_dir, verify_checksums)
     prepare_dist_checkpointing()
     request = state.model_sharded_state_dict(chunks)
-    loaded = dist_checkpointing.load(request, str(ckpt_dir))
+    loaded = verify.read_tensors(request, ckpt_dir)
     for index, chunk in enumerate(chunks):
         chunk.load_state_dict(loaded[state.model_key(index, len(chunks))], strict=True)
 
@@ -47,6 +49,9 @@ def save_model_weights(
     prepare_dist_checkpointing()
     dist_checkpointing.save(state.model_sharded_state_dict(chunks), str(tmp))
     meta.write_meta(tmp, record)
+    error = verify.record_checksums(tmp)
+    if error is not None:
+        raise error
     os.replace(tmp, final)
     layout.fsync_dir(out_dir)
     layout.write_latest(out_dir, final.name)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests._dist import run_pretrain
-from tests.checkpoint._common import LLAMA, RESHARD_STEPS, reference_overrides
+from tests.checkpoint._common import LLAMA, RESHARD_STEPS, reference_overrides, small_overrides
 
 
 @pytest.fixture(scope="session")
@@ -35,4 +35,12 @@ def tp2pp2_run(prepared_data: Path, tmp_path_factory: pytest.TempPathFactory) ->
         *LLAMA,
     ]
     run_pretrain(4, overrides, run_dir, timeout=400)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def saved_run(prepared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One process, the small GPT, 6 steps: iter_0000002/4/6 (+ `latest`). Copy before editing."""
+    run_dir = tmp_path_factory.mktemp("saved") / "run"
+    run_pretrain(1, small_overrides(prepared_data, 6), run_dir)
     return run_dir
