@@ -9,7 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from data_pipeline.config import PrepareConfig, input_for_overrides, register_configs
-from data_pipeline.errors import ConfigError, DataError, OutputError
+from data_pipeline.errors import ConfigError, DataError, OutputError, exit_code
 from pretrain_pipeline_conf import CONFIG_PATH
 from pretrain_pipeline_conf.hydra_app import EXIT_CONFIG_ERROR, run_app, unknown_keys
 
@@ -40,7 +40,7 @@ def main(dict_cfg: DictConfig) -> None:
         run_prepare(cfg)
     except (ConfigError, DataError, OutputError) as e:
         logging.getLogger("data_pipeline").error("%s: %s", type(e).__name__, e)
-        sys.exit(1 if isinstance(e, DataError) else 2)
+        sys.exit(exit_code(e))
     except KeyboardInterrupt:
         logging.getLogger("data_pipeline").error(
             "interrupted: no manifest.json was written, finished shards are kept; rerun the "

@@ -11,6 +11,7 @@ import fnmatch
 import glob
 import logging
 import os
+import re
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,6 +167,11 @@ def _file_source(path: Path, inp: InputConfig) -> Source:
     return src
 
 
+_ARRAY_OF_OBJECTS = re.compile(rb"\[\s*(?:[{\]]|\Z)")
+"""The start of a JSON array of objects (`[{`, `[` + newline + `{`, `[]`); a JSONL line such as
+`[[[[...` is a bad record of its own (records.py), not a reason to refuse the file."""
+
+
 def _check_not_json_array(src: Source) -> None:
     """ConfigError for a `[...]` JSON document given as JSON Lines (every line would be bad)."""
     try:
@@ -173,7 +179,7 @@ def _check_not_json_array(src: Source) -> None:
             head = f.read(4096).removeprefix(BOM).lstrip()
     except Exception:  # a corrupt stream is reported per record (unreadable_file) when read
         return
-    what = "a JSON array" if head.startswith(b"[") else None
+    what = "a JSON array" if _ARRAY_OF_OBJECTS.match(head) else None
     if head.split(b"\n", 1)[0].strip() == b"{":
         what = "a pretty-printed JSON object spread over several lines"
     if what:

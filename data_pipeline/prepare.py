@@ -16,13 +16,23 @@ from pathlib import Path
 
 from data_pipeline import tokenizer as tk
 from data_pipeline.config import PrepareConfig, validate
+from data_pipeline.diskspace import disk_full_guard
 from data_pipeline.errors import DataError, OutputError
 from data_pipeline.listing import Source, list_sources
+from data_pipeline.lock import OutputLock
 from data_pipeline.manifest import MANIFEST, build_manifest, write_manifest
 from data_pipeline.megatron_io import WriterImport, indexed_dataset
 from data_pipeline.plan import ShardPlan, num_shards_for, plan_shards, slice_of
 from data_pipeline.progress import Progress, summary_table
-from data_pipeline.shard import ShardContext, build_shard, make_pool, verify_done
+from data_pipeline.shard import (
+    ShardContext,
+    build_shard,
+    make_pool,
+    max_tasks,
+    usable_cpus,
+    verify_done,
+    worker_count,
+)
 from data_pipeline.tokenizer_step import (
     TOKENIZER,
     TRAIN_RECORD,
@@ -62,9 +72,10 @@ def _make_output_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise OutputError(f"output.dir={str(out)!r} is a file, not a directory: give a dir path")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
+        with disk_full_guard(probe, "a probe file"):  # e.g. no inode left
+            out.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
     except OSError as e:
         raise OutputError(
             f"output.dir={str(out)!r} cannot be used ({e.strerror or e}): give a writable "
@@ -83,6 +94,9 @@ def _build_all(mine: list[ShardPlan], ctx: ShardContext, encoder: str, cfg: Prep
             records[plan.prefix] = record
             log.info("%s: reusing (checksums verified)", plan.prefix)
     total = sum(p.input_bytes() for p in todo)
+    if todo:
+        tasks = max_tasks(todo, ctx.sources, cfg.batch_bytes)
+        ctx.workers = worker_count(cfg.workers, usable_cpus(), tasks)
     ctx.pool = make_pool(ctx, encoder) if todo else None  # fork before tqdm starts a thread
     progress = Progress(total, "tokenizing", cfg.progress and bool(todo))
     try:
@@ -159,11 +173,21 @@ def _finish(cfg: PrepareConfig, ctx: ShardContext, ordered: list[dict], run: dic
 
 
 def run_prepare(cfg: PrepareConfig) -> Path:
-    """Run the job described by `cfg`; return the output dir (complete when slice.count == 1)."""
+    """Run the job described by `cfg`; return the output dir (complete when slice.count == 1).
+
+    The output dir is locked for the whole job (data_pipeline.lock): OutputError naming the
+    holder when another job writes it. DiskFullError (an OutputError) when it fills up.
+    """
     started = time.perf_counter()
     validate(cfg)
     out = cfg.output_dir()
     _make_output_dir(out)
+    with OutputLock(out, cfg.stage, *cfg.slice.resolved()):
+        return _run_locked(cfg, out, started)
+
+
+def _run_locked(cfg: PrepareConfig, out: Path, started: float) -> Path:
+    """run_prepare once the output dir is known to be writable and is locked."""
     if cfg.output.overwrite and cfg.stage != "finalize":
         _clear_outputs(out, cfg.tokenizer.model)
     sources = list_sources(cfg.input, out)

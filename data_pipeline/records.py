@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from data_pipeline.fields import MISSING, lookup
 from data_pipeline.readers import Unreadable
 
+MAX_JSON_DEPTH = 256
+"""Deepest nesting of arrays/objects a JSONL line may have; deeper lines are skipped as
+`too_deep`. Python's json parser recurses per level and raises RecursionError at a depth that
+depends on the caller's stack (so on workers=1 vs a pool worker); a fixed limit far below it
+keeps the result the same everywhere and one hostile line (`[[[[...`) from ending the job."""
+
 REASONS = (
     "invalid_utf8",
     "malformed_json",
+    "too_deep",
     "missing_text",
     "non_string_text",
     "empty",
@@ -22,12 +30,45 @@ REASONS = (
 REASON_TEXT = {
     "invalid_utf8": "the bytes are not valid UTF-8",
     "malformed_json": "the line is not a JSON object",
+    "too_deep": f"the line nests JSON arrays/objects more than {MAX_JSON_DEPTH} levels deep",
     "missing_text": "the text field (input.text_key) is missing or null",
     "non_string_text": "the text field (input.text_key) is not a string",
     "empty": "the document is empty or whitespace only",
     "empty_file": "the input file holds no record",
     "unreadable_file": "the file cannot be read from here on (truncated or corrupt)",
 }
+
+
+_STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_BRACKETS = re.compile(rb"[][{}]")
+
+
+def _too_deep(line: bytes) -> bool:
+    """Whether the JSON in `line` nests deeper than MAX_JSON_DEPTH (brackets inside strings do
+    not count). Cheap: lines with fewer opening brackets than the limit are not scanned."""
+    if line.count(b"[") + line.count(b"{") <= MAX_JSON_DEPTH:
+        return False
+    depth = 0
+    for bracket in _BRACKETS.findall(_STRINGS.sub(b"", line)):
+        depth += 1 if bracket in (b"[", b"{") else -1
+        if depth > MAX_JSON_DEPTH:
+            return True
+    return False
+
+
+def _parse_json(line: str, raw: bytes) -> tuple[Any, str | None]:
+    """(object, None), or (None, reason) for a line that is not one JSON object."""
+    if _too_deep(raw):
+        return None, "too_deep"
+    try:
+        obj = json.loads(line)
+    except RecursionError:  # not expected below MAX_JSON_DEPTH; never let it end the job
+        return None, "too_deep"
+    except ValueError:  # also integers of over 4300 digits (sys.get_int_max_str_digits)
+        return None, "malformed_json"
+    if not isinstance(obj, dict):
+        return None, "malformed_json"
+    return obj, None
 
 
 def _valid_str(text: str) -> bool:
@@ -70,12 +111,9 @@ def parse_record(kind: str, payload: Any, text_key: str) -> tuple[str | None, st
             return None, "invalid_utf8"
         if not line.strip():
             return None, "empty"
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            return None, "malformed_json"
-        if not isinstance(obj, dict):
-            return None, "malformed_json"
+        obj, reason = _parse_json(line, payload)
+        if reason is not None:
+            return None, reason
         return _from_value(lookup(obj, text_key), text_key)
     if kind == "line" and payload.endswith(b"\n"):
         payload = payload[:-2] if payload.endswith(b"\r\n") else payload[:-1]

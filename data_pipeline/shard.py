@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from data_pipeline.config import InputConfig
+from data_pipeline.diskspace import disk_full_guard
 from data_pipeline.errors import DataError
 from data_pipeline.listing import Source
 from data_pipeline.megatron_io import indexed_dataset
@@ -233,7 +234,8 @@ def build_shard(plan: ShardPlan, ctx: ShardContext, encoder: str, tick: Callable
     final = ctx.out_dir / plan.prefix
     tmp = str(ctx.out_dir / f".{plan.prefix}.{tmp_suffix()}")
     try:
-        stats = _write(plan, ctx, encoder, tmp, tick)
+        with disk_full_guard(Path(f"{final}.bin"), f"shard {plan.prefix},"):
+            stats = _write(plan, ctx, encoder, tmp, tick)
     except EncoderMismatch:
         _remove_tmp(tmp)
         log.warning(
@@ -249,7 +251,7 @@ def build_shard(plan: ShardPlan, ctx: ShardContext, encoder: str, tick: Callable
     if stats["num_docs"] == 0:
         _remove_tmp(tmp)
         record.update(bin_sha256=None, idx_sha256=None, empty=True)
-    else:
+    else:  # renames free no space; the done record below is written by write_atomic (guarded)
         os.replace(f"{tmp}.bin", f"{final}.bin")
         os.replace(f"{tmp}.idx", f"{final}.idx")
         record.update(
@@ -284,6 +286,49 @@ def verify_done(plan: ShardPlan, ctx: ShardContext) -> dict | None:
             log.warning("%s: %s does not match its done record; rebuilding", plan.prefix, file.name)
             return None
     return record
+
+
+COMPRESSION_RATIO = 4
+"""Assumed raw bytes per byte on disk of a .gz/.zst or parquet input when estimating the work
+(max_tasks): an overestimate only leaves the cap to the CPUs."""
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask (Slurm, taskset and cgroup cpusets
+    restrict it), else os.cpu_count()."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def max_tasks(plans: list[ShardPlan], sources: list[Source], batch_bytes: int) -> int:
+    """About how many tasks of `batch_bytes` the largest shard of `plans` gives: shards are
+    built one after the other, so no more workers than that can be busy at once."""
+
+    def ratio(src: Source) -> int:
+        return COMPRESSION_RATIO if src.compression or src.kind == "parquet" else 1
+
+    most = 1
+    for plan in plans:
+        raw = sum((p.end - p.start) * ratio(sources[p.source]) for p in plan.pieces)
+        most = max(most, -(-raw // batch_bytes))
+    return most
+
+
+def worker_count(asked: int, cpus: int, batches: int) -> int:
+    """`workers`, capped at the usable CPUs and at the tasks there are; a cap is logged (a
+    warning when it is the CPUs). The output bytes do not depend on the number of workers."""
+    used = max(1, min(asked, cpus, batches))
+    if used < asked:
+        why = []
+        if cpus < asked:
+            why.append(f"this job may use {cpus} CPUs (os.sched_getaffinity)")
+        if batches < asked:
+            why.append(f"the largest shard to build makes about {batches} task(s) of batch_bytes")
+        level = logging.WARNING if cpus < asked else logging.INFO
+        log.log(level, "workers=%d asked, using %d: %s", asked, used, " and ".join(why))
+    return used
 
 
 def make_pool(ctx: ShardContext, encoder: str) -> Any:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from data_pipeline.config import TokenizerConfig
+from data_pipeline.diskspace import disk_full_guard
 from data_pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -37,17 +38,21 @@ def tmp_suffix() -> str:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary name next to `path`, fsync, then rename over `path`."""
+    """Write `data` to a temporary name next to `path`, fsync, then rename over `path`.
+
+    A full disk or quota raises DiskFullError naming `path`; `path` is left as it was.
+    """
     tmp = path.with_name(f".{path.name}.{tmp_suffix()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # disk full, Ctrl-C: leave no temporary file behind
-        tmp.unlink(missing_ok=True)
-        raise
+    with disk_full_guard(path, "the file"):
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:  # disk full, Ctrl-C: leave no temporary file behind
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def _chunks(texts: Iterable[str]) -> Iterator[str]:

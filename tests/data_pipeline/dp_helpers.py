@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import sysconfig
+from collections.abc import Iterator
 from pathlib import Path
 
 from data_pipeline.config import InputConfig, OutputConfig, PrepareConfig, TokenizerConfig
@@ -91,3 +93,35 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
         text=True,
         timeout=timeout,
     )
+
+
+def _mount(*args: str) -> None:
+    """`mount ARGS`; pytest.skip (with mount's reason) where this user may not mount."""
+    import pytest
+
+    proc = subprocess.run(["mount", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount here (needs root or CAP_SYS_ADMIN): {proc.stderr.strip()}")
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A real small file system (tmpfs of `size`, e.g. "1m") mounted at `path`; unmounted after."""
+    path.mkdir(parents=True, exist_ok=True)
+    _mount("-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path))
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@contextlib.contextmanager
+def read_only_view(source: Path, path: Path) -> Iterator[Path]:
+    """`source` seen read-only at `path` (a read-only bind mount; root ignores mode bits)."""
+    path.mkdir(parents=True, exist_ok=True)
+    _mount("--bind", str(source), str(path))
+    try:
+        _mount("-o", "remount,bind,ro", str(path))
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
