@@ -3,8 +3,9 @@
 Composes the Hydra config (`conf/pretrain.yaml`, shipped as `pretrain_pipeline_conf`), rejects
 unknown keys (also `+key=value`), converts it to the typed `PretrainConfig` and validates it
 before any process group starts: a `ConfigError` prints one clean line naming the key and exits
-2 on every rank, so nothing hangs. Only then does rank 0 write the run's `.hydra/` record and
-open its log file in run.dir, so a rejected launch never overwrites a run's recorded config.
+2 on every rank, so nothing hangs. Only then does rank 0 take run.dir's lock (`pretrain.run_lock`:
+one training per run.dir) and, if it got it, write the run's `.hydra/` record and open its log
+file in run.dir, so a rejected launch never overwrites a run's recorded config.
 `--help` lists the training groups and every key with its description.
 """
 
@@ -14,13 +15,16 @@ import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from pretrain.parallel import rank_from_env
 from pretrain_pipeline_conf import CONFIG_PATH
 from pretrain_pipeline_conf.hydra_app import EXIT_CONFIG_ERROR, run_app, unknown_keys
+
+if TYPE_CHECKING:
+    from pretrain.run_lock import RunLock
 
 EXIT_INTERRUPTED = 130
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
@@ -88,23 +92,48 @@ def _entry(dict_cfg: Any) -> None:
     _configure_logging(cfg.logging.level)
     try:
         manifests = validate(cfg)
+        lock = _lock_run_dir(cfg.run.dir)
     except ConfigError as exc:
         _config_error(str(exc))
-    if rank_from_env() == 0:
-        _record_run(dict_cfg, Path(cfg.run.dir))
-    _train(cfg, manifests)
+    try:
+        if lock is not None and lock.refusal is None:
+            _record_run(dict_cfg, Path(cfg.run.dir))
+        _train(cfg, manifests, lock)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
-def _train(cfg: Any, manifests: list[dict[str, Any]]) -> None:
+def _lock_run_dir(run_dir: str) -> RunLock | None:
+    """Rank 0: take run.dir's lock (`pretrain.run_lock`) before writing anything into it.
+
+    Refused: a single process exits 2 here; with several ranks rank 0 writes nothing and goes
+    on to the process groups, where every rank learns the refusal and all exit 2 together.
+    """
+    from pretrain.parallel import world_size_from_env
+    from pretrain.run_lock import RunLock
+
+    if rank_from_env() != 0:
+        return None
+    lock = RunLock(run_dir).acquire()
+    if lock.refusal is not None and world_size_from_env() == 1:
+        _config_error(lock.refusal)
+    return lock
+
+
+def _train(cfg: Any, manifests: list[dict[str, Any]], lock: RunLock | None) -> None:
     from pretrain.config import ConfigError
-    from pretrain.parallel import teardown
+    from pretrain.parallel import EXIT_COLLECTIVE_TIMEOUT, CollectiveTimeout, teardown
     from pretrain.train import run
 
     try:
-        code = run(cfg, manifests)
+        code = run(cfg, manifests, lock)
     except ConfigError as exc:  # found while building (e.g. a split that gets no documents)
         print(f"pretrain: config error: {exc}", file=sys.stderr, flush=True)
         code = EXIT_CONFIG_ERROR
+    except CollectiveTimeout as exc:
+        print(f"pretrain: collective timeout: {exc}", file=sys.stderr, flush=True)
+        code = EXIT_COLLECTIVE_TIMEOUT
     except KeyboardInterrupt:
         print(
             "pretrain: interrupted (Ctrl-C); the last saved checkpoint (if any) is kept",

@@ -116,6 +116,12 @@ class ParallelConfig:
     """Overlap the distributed optimizer's param all-gather with forward (GPU)."""
     backend: str = "auto"
     """torch.distributed backend: auto = nccl with CUDA, gloo without."""
+    timeout_minutes: float = 10.0
+    """Collective timeout of every process group (torch's and megatron's
+    distributed_timeout_minutes): a rank left waiting this long by a peer that stopped
+    responding exits with code 69 and a message naming the collective. 10 = Megatron-LM's and
+    NCCL's default: above the longest legitimate wait (rank 0 building the dataset indexes,
+    a large checkpoint save), far below torch's 30-minute gloo default. Fractions allowed."""
 
     def model_parallel_size(self) -> int:
         """TP x PP ranks hold one model replica."""
@@ -131,9 +137,12 @@ class DataConfig:
     split: str = "98,1,1"
     """train,valid,test proportions of the documents of every directory."""
     cache_dir: str | None = None
-    """Where megatron caches dataset index files (None = build in memory on every rank)."""
+    """Folder for the dataset index cache, in a subfolder per data content (manifest sha256s),
+    split, seq_length and seed; files are checked and never unpickled (None = build the indexes
+    in memory on every rank; nothing is read from or written into the data directories)."""
     verify_checksums: bool = False
-    """Also check every shard's sha256 from the manifest (slow for big data)."""
+    """Also check every shard's sha256 from the manifest (slow for big data). Shard sizes are
+    always checked against their .idx."""
 
 
 @dataclass

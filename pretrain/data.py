@@ -4,12 +4,12 @@ Reads only the directory contract of docs/data_format.md (manifest.json, tokeniz
 shard_*.bin/.idx); never imports data_pipeline. Samples are packed across documents with EOD by
 megatron's GPTDataset, deterministic for a seed; the iterators start at `consumed_samples`, so a
 resumed run continues with exactly the batches an uninterrupted run would have seen.
+The start-of-run file checks live in `pretrain.data_checks` (re-exported here), the index
+cache (in memory unless data.cache_dir is set; never unpickled) in `pretrain.index_cache`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -18,96 +18,10 @@ from typing import Any
 
 import torch
 
-from pretrain.config import ConfigError, DataConfig, ModelConfig
+from pretrain.config import ConfigError, DataConfig
+from pretrain.data_checks import check_manifests, read_manifest
 
 log = logging.getLogger(__name__)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def read_manifest(directory: str | Path, index: int = 0) -> dict[str, Any]:
-    """Parse `<directory>/manifest.json` (+ key "sha256" of its bytes, "dir" absolute path)."""
-    root = Path(directory)
-    path = root / "manifest.json"
-    key = f"data.paths[{index}]={directory}"
-    if not path.is_file():
-        hint = (
-            f"run `python -m data_pipeline output.dir={root}` first"
-            if not root.exists()
-            else (
-                "the directory is incomplete (manifest.json is written last); "
-                f"re-run `python -m data_pipeline output.dir={root}`"
-            )
-        )
-        raise ConfigError(f"{key}: no manifest.json in {root.resolve()}; {hint}")
-    raw = path.read_bytes()
-    try:
-        manifest = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{key}: {path} is not valid JSON ({exc})") from exc
-    if manifest.get("format_version") != 1:
-        raise ConfigError(
-            f"{key}: {path} has format_version={manifest.get('format_version')!r}; this version of "
-            "pretrain reads format_version 1 (docs/data_format.md)"
-        )
-    manifest["sha256"] = hashlib.sha256(raw).hexdigest()
-    manifest["dir"] = str(root.resolve())
-    return manifest
-
-
-def check_manifests(
-    data_cfg: DataConfig, model_cfg: ModelConfig, verify_files: bool = True
-) -> list[dict[str, Any]]:
-    """Read every data.paths manifest and check tokenizers and files; return the manifests."""
-    if not data_cfg.paths:
-        raise ConfigError("data.paths is empty; give at least one data directory")
-    manifests = [read_manifest(p, i) for i, p in enumerate(data_cfg.paths)]
-    first = manifests[0]["tokenizer"]
-    for i, manifest in enumerate(manifests[1:], start=1):
-        if manifest["tokenizer"]["sha256"] != first["sha256"]:
-            raise ConfigError(
-                f"data.paths[{i}]={data_cfg.paths[i]} was tokenized with a different tokenizer "
-                f"(sha256 {manifest['tokenizer']['sha256'][:12]}) than data.paths[0] "
-                f"({first['sha256'][:12]}); prepare all directories with the same tokenizer.model"
-            )
-    vocab = int(first["vocab_size"])
-    if model_cfg.vocab_size is not None and model_cfg.vocab_size != vocab:
-        raise ConfigError(
-            f"model.vocab_size={model_cfg.vocab_size} does not match the tokenizer of "
-            f"data.paths[0]={data_cfg.paths[0]} (vocab_size={vocab}); set model.vocab_size={vocab}"
-            " or model.vocab_size=null (take it from the data), or prepare data with a tokenizer "
-            f"of {model_cfg.vocab_size} pieces"
-        )
-    if verify_files:
-        for i, manifest in enumerate(manifests):
-            _check_files(manifest, i, data_cfg.verify_checksums)
-    return manifests
-
-
-def _check_files(manifest: dict[str, Any], index: int, checksums: bool) -> None:
-    root = Path(manifest["dir"])
-    tok = root / manifest["tokenizer"]["path"]
-    if not tok.is_file():
-        raise ConfigError(f"data.paths[{index}]: tokenizer {tok} is missing")
-    if _sha256(tok) != manifest["tokenizer"]["sha256"]:
-        raise ConfigError(
-            f"data.paths[{index}]: {tok} does not match the sha256 in its manifest.json; "
-            "the directory was modified after preparation, re-run data preparation"
-        )
-    for shard in manifest["shards"]:
-        for ext in (".bin", ".idx"):
-            path = root / f"{shard['prefix']}{ext}"
-            if not path.is_file():
-                raise ConfigError(f"data.paths[{index}]: shard file {path} is missing")
-            want = shard.get(f"{ext[1:]}_sha256")
-            if checksums and want and _sha256(path) != want:
-                raise ConfigError(f"data.paths[{index}]: {path} fails its manifest sha256 check")
 
 
 class SentencePieceTokenizer:
@@ -179,14 +93,25 @@ def build_datasets(
     from megatron.core.datasets.blended_megatron_dataset_builder import (
         BlendedMegatronDatasetBuilder,
     )
-    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
-    config = GPTDatasetConfig(
+    from pretrain import index_cache
+
+    folder = None
+    if data_cfg.cache_dir:
+        folder = index_cache.cache_folder(
+            data_cfg.cache_dir, manifests, data_cfg.split, seq_length, seed
+        )
+        index_cache.check_folder(folder)  # every rank, so a bad file fails all of them
+        log.info("dataset indexes: cached in %s", folder)
+    else:
+        log.info("dataset indexes: built in memory (data.cache_dir=null)")
+    config = index_cache.CachedGPTDatasetConfig(
         random_seed=seed,
         sequence_length=seq_length,
         blend=build_blend(data_cfg, manifests),
         split=data_cfg.split,
-        path_to_cache=data_cfg.cache_dir,
+        path_to_cache=index_cache.IN_MEMORY,
+        index_cache=None if folder is None else str(folder),
         tokenizer=tokenizer,
         reset_position_ids=False,
         reset_attention_mask=False,
@@ -195,7 +120,9 @@ def build_datasets(
         mid_level_dataset_surplus=0.05,
     )
     _drop_empty_splits(config, manifests)
-    builder = BlendedMegatronDatasetBuilder(GPTDataset, list(num_samples), lambda: True, config)
+    builder = BlendedMegatronDatasetBuilder(
+        index_cache.TrustedGPTDataset, list(num_samples), lambda: True, config
+    )
     return builder.build()
 
 
@@ -263,3 +190,14 @@ def dataset_num_samples(
     """Samples each split must provide (megatron sizes its index arrays from these)."""
     evals = (max_steps // eval_interval if eval_interval > 0 else 0) + 1
     return max_steps * global_batch, evals * eval_iters * global_batch, eval_iters * global_batch
+
+
+__all__ = [
+    "SentencePieceTokenizer",
+    "build_blend",
+    "build_datasets",
+    "check_manifests",
+    "dataset_num_samples",
+    "micro_batches",
+    "read_manifest",
+]

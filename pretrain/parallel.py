@@ -2,6 +2,13 @@
 
 gloo on CPU (with the `pretrain.compat` patches), nccl on GPU. Works under torchrun (RANK,
 WORLD_SIZE, MASTER_ADDR/PORT from the environment) and as a single plain process.
+
+Every collective gives up after `parallel.timeout_minutes` (torch's default process group and
+megatron's groups alike), so a rank that stops responding without dying does not hold the
+others for torch's 30 minutes. With gloo the waiting ranks get a RuntimeError ("Timed out
+waiting ... ms"): `CollectiveTimeout` says which collective, where and what to check, and the
+entry point exits with EXIT_COLLECTIVE_TIMEOUT. With nccl, torch's NCCL watchdog ends the
+process itself after the same timeout, with its own message naming the operation.
 """
 
 from __future__ import annotations
@@ -10,7 +17,10 @@ import datetime
 import logging
 import os
 import random
+import re
+import traceback
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,6 +29,9 @@ from pretrain import compat
 from pretrain.config import ConfigError, ParallelConfig
 
 log = logging.getLogger(__name__)
+
+EXIT_COLLECTIVE_TIMEOUT = 69
+"""Exit code of a rank whose collective timed out (BSD EX_UNAVAILABLE: a peer is unavailable)."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +103,14 @@ def rank_from_env() -> int:
 
 
 def check_world_size(parallel_cfg: ParallelConfig, world_size: int) -> int:
-    """Return the data-parallel size, or raise ConfigError if TP x PP does not divide world."""
+    """Return the data-parallel size, or raise ConfigError if TP x PP does not divide world
+    (or parallel.timeout_minutes is not a positive number of minutes)."""
+    minutes = parallel_cfg.timeout_minutes
+    if not minutes > 0:
+        raise ConfigError(
+            f"parallel.timeout_minutes={minutes} must be > 0 (minutes, fractions allowed), "
+            "e.g. parallel.timeout_minutes=10"
+        )
     mp = parallel_cfg.model_parallel_size()
     if world_size % mp != 0:
         raise ConfigError(
@@ -132,14 +152,17 @@ def seed_everything(seed: int) -> None:
 
 
 def init_distributed(
-    parallel_cfg: ParallelConfig, seed: int = 1234, timeout_minutes: int = 30
+    parallel_cfg: ParallelConfig, seed: int = 1234, timeout_minutes: float | None = None
 ) -> DistInfo:
     """Start torch.distributed and megatron parallel_state; seed all RNGs.
 
-    Applies the CPU compatibility layer first when CUDA is unavailable.
+    Applies the CPU compatibility layer first when CUDA is unavailable. Collectives time out
+    after `timeout_minutes` (None = parallel.timeout_minutes).
     """
     from megatron.core import parallel_state
 
+    if timeout_minutes is None:
+        timeout_minutes = parallel_cfg.timeout_minutes
     compat.apply()
     _setup_env_for_single_process()
     world_size = world_size_from_env()
@@ -197,3 +220,54 @@ def barrier() -> None:
 def global_rank() -> int:
     """This process's global rank (0 without a process group)."""
     return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+_TIMEOUT_PATTERN = re.compile(r"timed out|timeout", re.IGNORECASE)
+_BACKEND_PATTERN = re.compile(r"gloo|nccl|c10d", re.IGNORECASE)
+
+
+def is_collective_timeout(exc: BaseException) -> bool:
+    """Whether `exc` is torch.distributed giving up on a collective or store wait.
+
+    gloo raises a plain RuntimeError ("[.../gloo/transport/...] Timed out waiting 12000ms for
+    recv operation to complete"); the store a DistStoreError (a DistError).
+    """
+    if not isinstance(exc, RuntimeError) or not _TIMEOUT_PATTERN.search(str(exc)):
+        return False
+    return isinstance(exc, torch.distributed.DistError) or bool(_BACKEND_PATTERN.search(str(exc)))
+
+
+def _frame(frame: traceback.FrameSummary) -> str:
+    return f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}"
+
+
+def _origin(exc: BaseException) -> tuple[str, str]:
+    """(the torch.distributed call that waited, the innermost megatron and pretrain frames)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+
+    def innermost(part: str) -> list[traceback.FrameSummary]:
+        found = [f for f in frames if part in f.filename.replace(os.sep, "/")]
+        return found[-1:]
+
+    c10d = [f.name for f in frames if f.filename.endswith("distributed_c10d.py")]
+    public = [name for name in c10d if not name.startswith("_")]
+    op = (public or c10d or ["a collective"])[-1]
+    chain = innermost("/megatron/") + innermost("/pretrain/")
+    return op, ", called from ".join(_frame(f) for f in chain) or "?"
+
+
+class CollectiveTimeout(RuntimeError):
+    """A collective waited longer than parallel.timeout_minutes: another rank stopped answering."""
+
+    def __init__(self, exc: BaseException, during: str, minutes: float) -> None:
+        op, place = _origin(exc)
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        super().__init__(
+            f"rank {global_rank()}: {op} timed out after parallel.timeout_minutes={minutes:g} "
+            f"during {during} ({place}): another rank stopped responding without exiting "
+            "(stopped, e.g. SIGSTOP or a debugger; hung in I/O such as a slow file system or "
+            "checkpoint save; or stuck on a failed device or network link). Check the other "
+            "ranks' logs and processes (`py-spy dump --pid PID`), the nodes' health (dmesg, "
+            "nvidia-smi) and the network; raise parallel.timeout_minutes only if a legitimately "
+            f"slow operation needs longer. torch said: {first_line}"
+        )

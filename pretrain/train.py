@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from pretrain import checkpoint, faults
+from pretrain import checkpoint, faults, run_lock
 from pretrain.config import ConfigError, PretrainConfig
 from pretrain.context import TrainContext
 from pretrain.data import (
@@ -30,8 +30,14 @@ from pretrain.data import (
 from pretrain.metrics import build_logger, final_values, memory_gib, peak_tflops, perplexity
 from pretrain.model import build_model, flops_per_token, wrap_model
 from pretrain.optim import build_optimizer, build_scheduler, configure_model_hooks
-from pretrain.parallel import DistInfo, init_distributed
+from pretrain.parallel import (
+    CollectiveTimeout,
+    DistInfo,
+    init_distributed,
+    is_collective_timeout,
+)
 from pretrain.progress import StepMeter, progress_fields
+from pretrain.run_lock import RunLock
 from pretrain.sample import generate
 from pretrain.step import StepResult, evaluate, train_step
 
@@ -42,8 +48,9 @@ class TrainingDiverged(RuntimeError):
     """Too many consecutive skipped steps (non-finite loss or gradients)."""
 
 
-def _build_core(cfg: PretrainConfig, manifests: list[dict[str, Any]]) -> TrainContext:
-    dist = init_distributed(cfg.parallel, seed=cfg.seed)
+def _build_core(
+    cfg: PretrainConfig, manifests: list[dict[str, Any]], dist: DistInfo
+) -> TrainContext:
     tokenizer = SentencePieceTokenizer(manifests[0])
     t = cfg.train
     chunks = build_model(
@@ -93,9 +100,17 @@ def _build_data(ctx: TrainContext) -> None:
     )
 
 
-def setup(cfg: PretrainConfig, manifests: list[dict[str, Any]]) -> TrainContext:
-    """Build the context; restores a checkpoint (if any) before data and logger."""
-    ctx = _build_core(cfg, manifests)
+def setup(
+    cfg: PretrainConfig, manifests: list[dict[str, Any]], lock: RunLock | None = None
+) -> TrainContext:
+    """Build the context; restores a checkpoint (if any) before data and logger.
+
+    `lock` is rank 0's run.dir lock (None elsewhere): right after the process groups start,
+    every rank raises ConfigError if rank 0 was refused it.
+    """
+    dist = init_distributed(cfg.parallel, seed=cfg.seed)
+    run_lock.agree(lock, cfg.run.dir, dist.device)
+    ctx = _build_core(cfg, manifests, dist)
     if ctx.dist.is_rank0:
         ctx.run_dir.mkdir(parents=True, exist_ok=True)
     ctx.preemption.install()
@@ -297,9 +312,17 @@ def finish(ctx: TrainContext) -> None:
             log.info("report: %s", write_report(ctx.run_dir))
 
 
-def run(cfg: PretrainConfig, manifests: list[dict[str, Any]]) -> int:
-    """Set up, train, finish; always closes the logger. Returns the exit code."""
-    ctx = setup(cfg, manifests)
+def run(cfg: PretrainConfig, manifests: list[dict[str, Any]], lock: RunLock | None = None) -> int:
+    """Set up, train, finish; always closes the logger. Returns the exit code.
+
+    A collective that times out raises `CollectiveTimeout` naming the step it happened in.
+    """
+    try:
+        ctx = setup(cfg, manifests, lock)
+    except RuntimeError as exc:
+        if is_collective_timeout(exc):
+            raise CollectiveTimeout(exc, "setup", cfg.parallel.timeout_minutes) from exc
+        raise
     try:
         code = train(ctx)
         if code == 0 and stopped_early(ctx):
@@ -308,6 +331,11 @@ def run(cfg: PretrainConfig, manifests: list[dict[str, Any]]) -> int:
         elif code == 0:
             finish(ctx)
         return code
+    except RuntimeError as exc:
+        if is_collective_timeout(exc):
+            during = f"step {ctx.state.step + 1} (or the end of step {ctx.state.step})"
+            raise CollectiveTimeout(exc, during, cfg.parallel.timeout_minutes) from exc
+        raise
     finally:
         ctx.logger.finish()
 
