@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import site as python_site
 import subprocess
 import sys
-import site as python_site
 import venv
 from pathlib import Path
 
