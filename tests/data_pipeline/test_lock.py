@@ -27,10 +27,13 @@ out, stage, index, count, then = sys.argv[1:6]
 with OutputLock(Path(out), stage, int(index), int(count)):
     child = 0
     if then == "fork-and-die":  # a forked child outlives its SIGKILLed parent
+        ready_r, ready_w = os.pipe()
         child = os.fork()
-        if child == 0:
+        if child == 0:  # fork's after-in-child hooks (closing lock copies) have run here
+            os.write(ready_w, b"x")
             time.sleep(60)
             os._exit(0)
+        os.read(ready_r, 1)  # the parent dies only once the child is past fork()
     print("locked", child, flush=True)
     if then == "fork-and-die":
         os.kill(os.getpid(), signal.SIGKILL)
