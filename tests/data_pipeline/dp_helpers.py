@@ -41,6 +41,19 @@ def write_jsonl(path: Path, texts: list[str]) -> Path:
     return path
 
 
+def pretrained_cli_args(corpus: Path, model: Path, out: Path, *extra: str) -> list[str]:
+    """`python -m data_pipeline` arguments: `corpus` with a given tokenizer into `out`, quiet."""
+    return [
+        "data_pipeline",
+        f"input.paths=[{corpus}]",
+        "tokenizer=pretrained",
+        f"tokenizer.model={model}",
+        f"output.dir={out}",
+        "progress=false",
+        *extra,
+    ]
+
+
 def make_cfg(paths: list, out: Path, model: Path | None = None, **kw) -> PrepareConfig:
     """A PrepareConfig for the tests; keyword args set top-level fields or `section__key`."""
     cfg = PrepareConfig(

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 
 import pytest
-from dp_helpers import make_cfg, run_cli, tmpfs, write_jsonl
+from dp_helpers import make_cfg, pretrained_cli_args, run_cli, tmpfs, write_jsonl
 
 from data_pipeline.errors import EXIT_DISK_FULL, DiskFullError
 from data_pipeline.prepare import run_prepare
@@ -21,17 +21,8 @@ def corpus(tmp_path_factory, texts):
 
 
 def _args(corpus, model, out):
-    return [
-        "data_pipeline",
-        f"input.paths=[{corpus}]",
-        "tokenizer=pretrained",
-        f"tokenizer.model={model}",
-        f"output.dir={out}",
-        "output.num_shards=8",
-        "workers=2",
-        "batch_bytes=65536",
-        "progress=false",
-    ]
+    extra = ("output.num_shards=8", "workers=2", "batch_bytes=65536")
+    return pretrained_cli_args(corpus, model, out, *extra)
 
 
 def _kept_shards_verify(out):

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from dp_helpers import REPO, make_cfg, run_cli, write_jsonl
+from dp_helpers import REPO, make_cfg, pretrained_cli_args, run_cli, write_jsonl
 
 from data_pipeline.config import SliceConfig
 from data_pipeline.errors import OutputError
@@ -48,16 +48,7 @@ def corpus(tmp_path_factory, texts):
 
 
 def _args(corpus: Path, model: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "data_pipeline",
-        f"input.paths=[{corpus}]",
-        "tokenizer=pretrained",
-        f"tokenizer.model={model}",
-        f"output.dir={out}",
-        "output.num_shards=4",
-        "progress=false",
-        *extra,
-    ]
+    return pretrained_cli_args(corpus, model, out, "output.num_shards=4", *extra)
 
 
 def _start(args: list[str], log: Path) -> subprocess.Popen:
