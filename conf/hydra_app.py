@@ -118,6 +118,15 @@ def override_key_problems(args: list[str], schema: type, skip: tuple[str, ...]) 
     return problems
 
 
+class TaskExit(SystemExit):
+    """An exit decided by the task or its launcher (not a Hydra composition error), with the
+    one-line `message` already printed."""
+
+    def __init__(self, code: int, message: str = "") -> None:
+        super().__init__(code)
+        self.message = message
+
+
 def run_app(
     task: Callable[[Any], None],
     config_name: str,
@@ -152,7 +161,7 @@ def run_app(
     try:
         hydra.main(config_path=config_path, config_name=config_name, version_base="1.3")(traced)()
     except SystemExit as exc:
-        if exc.code == 1 and not started:
+        if exc.code == 1 and not started and not isinstance(exc, TaskExit):
             print(
                 f"{job}: config error (see the message above); `python -m {job} --help` lists "
                 "the groups and keys",

@@ -36,7 +36,17 @@ class RunConfig:
     name: str = "tiny"
     """Run name; used for the default run directory and the W&B run name."""
     dir: str = "checkpoints/${run.name}"
-    """Run directory: metrics.jsonl, report.png, wandb/, checkpoints, .hydra (rank 0)."""
+    """Run directory: metrics.jsonl, report.png, wandb/, checkpoints, .hydra (rank 0). In a
+    sweep (`-m`) each point trains in `${sweep.dir}/<point>` instead (docs/sweeps.md)."""
+
+
+@dataclass
+class SweepConfig:
+    name: str = "sweep"
+    """Sweep name (`-m` only): the ready sweeps (`sweep=lr|model_size|layout`) set their own."""
+    dir: str = "checkpoints/${sweep.name}"
+    """Sweep directory (`-m` only): point `<key=value,...>` of the swept keys trains in
+    `${sweep.dir}/<key=value,...>`; a re-run resumes each point there, skipping finished ones."""
 
 
 @dataclass
@@ -291,6 +301,8 @@ class CheckpointConfig:
 class PretrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
     """Run name and directory."""
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    """Where a multirun (`-m`) puts its points (ignored by a single run)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """Model architecture (`model=<preset>`)."""
     parallel: ParallelConfig = field(default_factory=ParallelConfig)

@@ -1,4 +1,4 @@
-"""Preemption: SIGTERM/SIGUSR1 -> save at the next step boundary, exit with EXIT_PREEMPTED.
+"""Preemption: SIGTERM/SIGUSR1/SIGUSR2 -> save at the next step boundary, exit with EXIT_PREEMPTED.
 
 Use in the training loop (every rank):
 
@@ -16,8 +16,9 @@ The signal handler only sets a flag (safe at any point of a step, even inside a 
 the save happens between steps, where every rank holds a consistent state. Launch scripts
 requeue the job when a process exits with EXIT_PREEMPTED (single process), or when
 `${run.dir}/PREEMPTED` exists (under torchrun, whose own exit code is 1 for any worker exit
-code). torchrun forwards SIGTERM to its workers; add `--signals-to-handle
-SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1` for SIGUSR1 (Slurm's `--signal=USR1@120` warning).
+code). torchrun forwards SIGTERM to its workers; `pretrain.launch.node` (the Slurm script and
+the sweep launchers) makes torchrun ignore SIGUSR1/SIGUSR2 and sends them to the trainers
+itself: Slurm's `--signal=USR1@120` warning (our sbatch script) and submitit's USR2 warning.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ EXIT_PREEMPTED = 75
 PREEMPTED_MARKER = "PREEMPTED"
 """File written into ${run.dir} after a preemption save; removed when the run resumes."""
 
-DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 """Signals that request a save-and-exit."""
 
 _REQUESTED = threading.Event()

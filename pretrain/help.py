@@ -72,11 +72,19 @@ def pretrain_help() -> str:
         "Config groups (group=option):",
     ]
     lines += [f"  {group}: {', '.join(group_options(group))}" for group in GROUP_SCHEMAS]
+    lines += [
+        f"  sweep (with -m): {', '.join(group_options('sweep'))}",
+        "  hydra/launcher (with -m): basic (default), submitit_local, submitit_slurm",
+        "",
+        "Sweeps (docs/sweeps.md): python -m pretrain -m optim.lr=1e-3,3e-3 ... trains each point",
+        "in checkpoints/sweep/<point>; python -m pretrain.sweep_report SWEEP_DIR tabulates them.",
+    ]
     lines += ["", "Keys (key=default):"]
     lines += _key_lines(PretrainConfig, _default_config())
     lines += [
         "",
         "Related commands: python -m pretrain.export_hf --help, python -m pretrain.import_hf "
-        "--help, python -m pretrain.generate --help, python -m pretrain.report RUN_DIR",
+        "--help, python -m pretrain.generate --help, python -m pretrain.report RUN_DIR "
+        "[RUN_DIR ...], python -m pretrain.sweep_report SWEEP_DIR",
     ]
     return "\n".join(lines)

@@ -9,6 +9,10 @@ others for torch's 30 minutes. With gloo the waiting ranks get a RuntimeError ("
 waiting ... ms"): `CollectiveTimeout` says which collective, where and what to check, and the
 entry point exits with EXIT_COLLECTIVE_TIMEOUT. With nccl, torch's NCCL watchdog ends the
 process itself after the same timeout, with its own message naming the operation.
+
+A rank that dies (killed, crashed, its node or torchrun agent gone) closes its connections:
+the others' collectives fail at once ("Connection reset by peer"); `is_peer_lost` tells that
+apart and `PeerLost` words it, and the entry point exits with EXIT_PEER_LOST.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ log = logging.getLogger(__name__)
 
 EXIT_COLLECTIVE_TIMEOUT = 69
 """Exit code of a rank whose collective timed out (BSD EX_UNAVAILABLE: a peer is unavailable)."""
+
+EXIT_PEER_LOST = 71
+"""Exit code of a rank whose peer died mid-collective (its connection closed or reset)."""
 
 
 @dataclass(frozen=True)
@@ -256,6 +263,20 @@ def _origin(exc: BaseException) -> tuple[str, str]:
     return op, ", called from ".join(_frame(f) for f in chain) or "?"
 
 
+def _timeout_cause(op: str) -> str:
+    if op == "init_process_group":  # the ranks of another node never arrived
+        return (
+            "not every rank joined the process group: a trainer on another node failed before "
+            "joining (e.g. a config error there, such as a data path missing on that node: see "
+            "that node's output) or is stuck starting"
+        )
+    return (
+        "another rank stopped responding without exiting (stopped, e.g. SIGSTOP or a debugger; "
+        "hung in I/O such as a slow file system or checkpoint save; or stuck on a failed device "
+        "or network link)"
+    )
+
+
 class CollectiveTimeout(RuntimeError):
     """A collective waited longer than parallel.timeout_minutes: another rank stopped answering."""
 
@@ -264,10 +285,85 @@ class CollectiveTimeout(RuntimeError):
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         super().__init__(
             f"rank {global_rank()}: {op} timed out after parallel.timeout_minutes={minutes:g} "
-            f"during {during} ({place}): another rank stopped responding without exiting "
-            "(stopped, e.g. SIGSTOP or a debugger; hung in I/O such as a slow file system or "
-            "checkpoint save; or stuck on a failed device or network link). Check the other "
+            f"during {during} ({place}): {_timeout_cause(op)}. Check the other "
             "ranks' logs and processes (`py-spy dump --pid PID`), the nodes' health (dmesg, "
             "nvidia-smi) and the network; raise parallel.timeout_minutes only if a legitimately "
             f"slow operation needs longer. torch said: {first_line}"
+        )
+
+
+_PEER_LOST_PATTERN = re.compile(
+    r"connection (?:reset|closed) by peer|broken pipe|connection refused|socket closed"
+    r"|failed to recv, got 0 bytes|remote process exit|ncclRemoteError|communicator was aborted",
+    re.IGNORECASE,
+)
+
+
+def is_peer_lost(exc: BaseException) -> bool:
+    """Whether `exc` is torch.distributed failing because another rank's process went away.
+
+    gloo raises a plain RuntimeError ("[.../gloo/transport/tcp/pair.cc:537] Read error
+    [127.0.0.1]:20153: Connection reset by peer"); NCCL a DistBackendError ("remote process
+    exited or there was a network error"); the store a DistNetworkError. A timeout is not a lost
+    peer (`is_collective_timeout`).
+    """
+    if not isinstance(exc, RuntimeError) or is_collective_timeout(exc):
+        return False
+    text = str(exc)
+    if not _PEER_LOST_PATTERN.search(text):
+        return False
+    return isinstance(exc, torch.distributed.DistError) or bool(_BACKEND_PATTERN.search(text))
+
+
+def _short_message(exc: BaseException, limit: int = 160) -> str:
+    """torch's first line without its source-path prefix and boilerplate advice."""
+    lines = str(exc).strip().splitlines()
+    text = re.sub(r"^(?:\[[^\]]*\.(?:cc|cpp|h)[^\]]*\]\s*)+", "", lines[0] if lines else "")
+    text = text.split(" This is typically caused by")[0].strip().rstrip(".") or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _step_in_traceback(exc: BaseException) -> int | None:
+    """The training step (`ctx.state.step`) held by the innermost frame that has a `ctx`."""
+    step = None
+    tb = exc.__traceback__
+    while tb is not None:
+        state = getattr(tb.tb_frame.f_locals.get("ctx"), "state", None)
+        if isinstance(getattr(state, "step", None), int):
+            step = state.step
+        tb = tb.tb_next
+    return step
+
+
+_PHASES = (
+    ("setup", "setup"),
+    ("load_at_start", "setup (checkpoint load)"),
+    ("evaluate", "evaluation"),
+    ("maybe_save", "a checkpoint save"),
+    ("finalize", "the final checkpoint save"),
+    ("generate", "the text sample"),
+)
+
+
+def peer_lost_during(exc: BaseException) -> str:
+    """Where the run was when the peer went away, e.g. `step 12` or `setup`."""
+    names = [frame.name for frame in traceback.extract_tb(exc.__traceback__)]
+    step = _step_in_traceback(exc)
+    for name, phase in reversed(_PHASES):
+        if name in names:
+            return phase if step is None or phase.startswith("setup") else f"{phase} at step {step}"
+    if step is not None:
+        return f"step {step + 1}"
+    return "training"
+
+
+class PeerLost(RuntimeError):
+    """A collective failed because another rank's process died (its connection closed)."""
+
+    def __init__(self, exc: BaseException, checkpoint: Path | None) -> None:
+        saved = str(checkpoint) if checkpoint is not None else "none"
+        super().__init__(
+            f"lost contact with another rank during {peer_lost_during(exc)} "
+            f"({_short_message(exc)}): a node or process died or was killed; the last saved "
+            f"checkpoint ({saved}) is kept; rerun the same command to resume"
         )

@@ -207,6 +207,20 @@ def test_tool_keys_are_documented(source: str, heading: str) -> None:
         assert not missing, f"{name} keys missing from docs/checkpoints.md ({heading}): {missing}"
 
 
+@pytest.mark.parametrize("preset", ["submitit_local", "submitit_slurm"])
+def test_launcher_keys_are_documented(preset: str) -> None:
+    from omegaconf import OmegaConf
+
+    keys = [k for k in OmegaConf.load(REPO_ROOT / "conf/hydra/launcher" / f"{preset}.yaml")]
+    documented = table_keys(
+        section((DOCS / "sweeps.md").read_text(encoding="utf-8"), "Launcher keys")
+    )
+    missing = [k for k in keys if k != "_target_" and k not in documented]
+    assert not missing, (
+        f"hydra.launcher keys of {preset}.yaml missing from docs/sweeps.md: {missing}"
+    )
+
+
 def _markdown_files() -> list[Path]:
     return [README, *sorted(DOCS.glob("*.md"))]
 

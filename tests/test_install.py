@@ -93,6 +93,19 @@ def test_wheel_holds_the_configs_and_imports_from_itself(wheel_env: Path, tmp_pa
     assert "model:" in _run(wheel_env, tmp_path, "-m", "pretrain", "--cfg", "job").stdout
     helped = _run(wheel_env, tmp_path, "-m", "pretrain", "--help")
     assert helped.returncode == 0 and "parallel: " in helped.stdout, helped.stderr
+    # the sweep launcher presets are in the wheel, and Hydra's own plugin scan finds the plugin
+    launcher = _run(
+        wheel_env, tmp_path, "-m", "pretrain", "hydra/launcher=submitit_slurm", "sweep=lr",
+        "--cfg", "hydra", "-p", "hydra.launcher._target_",
+    )  # fmt: skip
+    assert launcher.returncode == 0, launcher.stderr[-2000:]
+    assert "PretrainSlurmLauncher" in launcher.stdout
+    scan = _run(
+        wheel_env, tmp_path, "-c",
+        "from hydra.core.plugins import Plugins; from hydra.plugins.launcher import Launcher; "
+        "print([c.__name__ for c in Plugins.instance().discover(Launcher)])",
+    )  # fmt: skip
+    assert "PretrainLocalLauncher" in scan.stdout, scan.stdout + scan.stderr
 
 
 def test_wheel_prepares_and_trains_from_another_folder(wheel_env: Path, tmp_path: Path) -> None:
@@ -113,3 +126,10 @@ def test_wheel_prepares_and_trains_from_another_folder(wheel_env: Path, tmp_path
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert (tmp_path / "run" / "latest").is_file()
     assert (tmp_path / "run" / ".hydra" / "config.yaml").is_file()
+    swept = _run(
+        wheel_env, tmp_path, "-m", "pretrain", "-m", "data.paths=[data]", "train.max_steps=2",
+        "logging=off", "sample.enabled=false", "optim.lr=1e-3,2e-3",
+    )  # fmt: skip
+    assert swept.returncode == 0, swept.stderr[-3000:]
+    for lr in ("0.001", "0.002"):
+        assert (tmp_path / "checkpoints" / "sweep" / f"optim.lr={lr}" / "latest").is_file()

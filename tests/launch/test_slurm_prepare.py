@@ -1,4 +1,4 @@
-"""launch/prepare_slurm.sh on a real one-node Slurm cluster (see tests/launch/conftest.py).
+"""launch/prepare_slurm.sh on the real two-node Slurm test cluster (tests/launch/conftest.py).
 
 The cluster is installed (apt-get, as root) and started by the `slurm_cluster` fixture; if that
 fails the tests fail. Set PRETRAIN_SKIP_SLURM_TESTS=1 to skip every test of tests/launch.
