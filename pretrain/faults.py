@@ -30,8 +30,6 @@ import threading
 import time
 from pathlib import Path
 
-import torch
-
 log = logging.getLogger(__name__)
 
 EXIT_PREEMPTED = 75
@@ -97,6 +95,8 @@ def any_rank(flag: bool) -> bool:
     The flag tensor lives where the process group's backend can reduce it: on this rank's
     current CUDA device for NCCL (which rejects CPU tensors), on the CPU for gloo.
     """
+    import torch  # here: the marker CLI (`python -m pretrain.faults`) needs no torch
+
     if not torch.distributed.is_initialized():
         return flag
     device = torch.device("cpu")
