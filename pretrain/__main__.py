@@ -92,6 +92,8 @@ def _run_config(dict_cfg: Any, overrides: list[str]) -> None:
     from omegaconf import OmegaConf
 
     from pretrain.config import ConfigError, PretrainConfig
+    from pretrain.parallel import world_size_from_env
+    from pretrain.plan.preflight import preflight
     from pretrain.validate import validate
 
     problems = unknown_keys(dict_cfg, PretrainConfig, skip=("hydra",))
@@ -101,6 +103,9 @@ def _run_config(dict_cfg: Any, overrides: list[str]) -> None:
     _configure_logging(cfg.logging.level)
     try:
         manifests = validate(cfg)
+        for warning in preflight(cfg, world_size_from_env(), manifests=manifests):
+            if rank_from_env() == 0:
+                logging.getLogger("pretrain").warning("%s", warning)
         lock = _lock_run_dir(cfg.run.dir)
     except ConfigError as exc:
         _config_error(str(exc))

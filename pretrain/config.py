@@ -23,6 +23,7 @@ CHOICES = {
     "optim.decay_style": ("cosine", "linear", "constant"),
     "train.activation_recompute": ("none", "selective", "full"),
     "logging.wandb.mode": ("offline", "online", "disabled"),
+    "cluster.check": ("warn", "error", "off"),
 }
 """Allowed values of the string-choice keys."""
 
@@ -298,6 +299,30 @@ class CheckpointConfig:
 
 
 @dataclass
+class ClusterConfig:
+    num_gpus: int | None = None
+    """Devices of the job, for `python -m pretrain.plan` and the pre-launch checks (None: the
+    launched world size; the planner alone: gpus_per_node)."""
+    gpu: str | None = None
+    """GPU type of the memory and time predictions: h100, h200, a100, a100-40gb, b200, l40s, ...
+    (`python -m pretrain.plan --help` lists them); None: the visible CUDA device; the planner
+    alone falls back to h100, training and the launchers then skip the memory check."""
+    gpus_per_node: int = 8
+    """GPUs per node: TP and the first ranks of each group stay inside a node."""
+    intra_node_gbps: float = 3600.0
+    """Per-GPU bandwidth inside a node, Gbit/s (H100 NVLink 4: 450 GB/s per direction)."""
+    inter_node_gbps: float = 400.0
+    """Per-GPU bandwidth between nodes, Gbit/s (one 400G InfiniBand NIC per GPU)."""
+    mfu: float = 0.4
+    """Model FLOPs utilisation assumed for the predicted step time (0-1)."""
+    overhead_gib: float = 3.0
+    """Framework memory per GPU, GiB: CUDA context, NCCL buffers, allocator fragmentation."""
+    check: str = "warn"
+    """What training and the launchers do before starting when the plan predicts that the
+    layout does not fit in GPU memory: warn, error (config error, exit 2) or off."""
+
+
+@dataclass
 class PretrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
     """Run name and directory."""
@@ -321,6 +346,8 @@ class PretrainConfig:
     """Checkpointing (see README.md ("Checkpoints"))."""
     sample: SampleConfig = field(default_factory=SampleConfig)
     """End-of-training text sample."""
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    """The machines, for the preflight planner (`python -m pretrain.plan`, docs/planner.md)."""
     seed: int = 1234
     """Seed of model init, dropout and the data order."""
     precision: Precision = "fp32"

@@ -44,6 +44,7 @@ def resolve(overrides: list[str], world_size: int) -> tuple[Any, Any]:
     from omegaconf import OmegaConf
 
     from pretrain.config import PretrainConfig
+    from pretrain.plan.preflight import preflight
     from pretrain.validate import validate
     from pretrain_pipeline_conf.hydra_app import unknown_keys
 
@@ -52,7 +53,9 @@ def resolve(overrides: list[str], world_size: int) -> tuple[Any, Any]:
     if problems:
         raise ConfigError("; ".join(problems))
     cfg = OmegaConf.to_object(dict_cfg)
-    validate(cfg, world_size=world_size)
+    manifests = validate(cfg, world_size=world_size)
+    for warning in preflight(cfg, world_size, manifests=manifests):
+        print(f"pretrain: warning: {warning}", file=sys.stderr, flush=True)
     return dict_cfg, cfg
 
 

@@ -73,6 +73,7 @@ def _validated(point: SweepPoint, sweep_config: Any, world: int) -> QueuedPoint 
 
     from pretrain.config import PretrainConfig
     from pretrain.launch.resolved import write_resolved
+    from pretrain.plan.preflight import preflight
     from pretrain.validate import validate
     from pretrain_pipeline_conf.hydra_app import unknown_keys
 
@@ -81,7 +82,9 @@ def _validated(point: SweepPoint, sweep_config: Any, world: int) -> QueuedPoint 
     if problems:
         raise ConfigError("; ".join(problems))
     cfg = OmegaConf.to_object(task_cfg)
-    validate(cfg, world_size=world)
+    manifests = validate(cfg, world_size=world)
+    for warning in preflight(cfg, world, manifests=manifests):
+        print(f"sweep point {point.name}: warning: {warning}", file=sys.stderr, flush=True)
     steps = max_steps_of(task_cfg)
     if steps is not None and is_finished(point.run_dir, steps):
         return None
