@@ -124,7 +124,7 @@ def _entry(dict_cfg: Any, outcomes: list[PointOutcome]) -> None:
 
     from pretrain.config import ConfigError
     from pretrain.sweep.local import check_single_process, run_local_point
-    from pretrain.sweep.plan import max_steps_of, point_for_job
+    from pretrain.sweep.plan import max_steps_of, point_for_job, reaches_max_steps
 
     overrides = list(HydraConfig.get().overrides.task)
     try:
@@ -136,8 +136,8 @@ def _entry(dict_cfg: Any, outcomes: list[PointOutcome]) -> None:
     if point is None:
         _run_config(dict_cfg, overrides)
         return
-    stop, steps = dict_cfg.train.stop_at_step, max_steps_of(dict_cfg)
-    to_the_end = stop is None or steps is None or stop >= steps
+    steps = max_steps_of(dict_cfg)
+    to_the_end = reaches_max_steps(dict_cfg.train.stop_at_step, steps)
     outcomes.append(
         run_local_point(point, steps, lambda: _run_config(dict_cfg, overrides), to_the_end)
     )

@@ -39,8 +39,10 @@ def compose_config(overrides: list[str]) -> Any:
         raise ConfigError(f"{type(exc).__name__}: {exc}") from None
 
 
-def resolve(overrides: list[str], world_size: int) -> tuple[Any, Any]:
-    """(DictConfig, PretrainConfig) after the same checks `python -m pretrain` makes."""
+def check_config(dict_cfg: Any, world_size: int, warn_prefix: str = "pretrain") -> Any:
+    """The PretrainConfig of a composed `dict_cfg` after the checks `python -m pretrain` makes
+    before any process group: unknown keys, `validate` for `world_size`, and the planner's
+    preflight (its warnings to stderr, prefixed). ConfigError on a bad config."""
     from omegaconf import OmegaConf
 
     from pretrain.config import PretrainConfig
@@ -48,15 +50,20 @@ def resolve(overrides: list[str], world_size: int) -> tuple[Any, Any]:
     from pretrain.validate import validate
     from pretrain_pipeline_conf.hydra_app import unknown_keys
 
-    dict_cfg = compose_config(overrides)
     problems = unknown_keys(dict_cfg, PretrainConfig, skip=("hydra",))
     if problems:
         raise ConfigError("; ".join(problems))
     cfg = OmegaConf.to_object(dict_cfg)
     manifests = validate(cfg, world_size=world_size)
     for warning in preflight(cfg, world_size, manifests=manifests):
-        print(f"pretrain: warning: {warning}", file=sys.stderr, flush=True)
-    return dict_cfg, cfg
+        print(f"{warn_prefix}: warning: {warning}", file=sys.stderr, flush=True)
+    return cfg
+
+
+def resolve(overrides: list[str], world_size: int) -> tuple[Any, Any]:
+    """(DictConfig, PretrainConfig) after the same checks `python -m pretrain` makes."""
+    dict_cfg = compose_config(overrides)
+    return dict_cfg, check_config(dict_cfg, world_size)
 
 
 def default_out(run_dir: str) -> Path:

@@ -18,7 +18,6 @@ import signal
 import time
 from typing import Any
 
-from pretrain.faults import EXIT_PREEMPTED
 from pretrain.launch.node import (
     TorchrunProcess,
     exit_code,
@@ -26,18 +25,12 @@ from pretrain.launch.node import (
     submitit_topology,
     torchrun_command,
 )
-from pretrain.sweep.points import update_point
+from pretrain.sweep.points import point_status, update_point
 
 SAVE_WAIT_S = 600
 """How long `checkpoint()` waits for the trainers' save (Slurm kills at the time limit anyway)."""
 REQUEUE_GRACE_S = 120
 """After a SIGTERM-triggered save: how long to wait for Slurm's requeue/kill before returning."""
-
-
-def _status(code: int, to_the_end: bool) -> str:
-    if code == 0:
-        return "finished" if to_the_end else "stopped"
-    return "preempted" if code == EXIT_PREEMPTED else "failed"
 
 
 class PointJob:
@@ -67,7 +60,7 @@ class PointJob:
         with forwarding(self._torchrun.proc, chain=True) as received:
             raw = self._torchrun.wait() or 0
         code = exit_code(raw, run_dir)
-        status = _status(code, to_the_end)
+        status = point_status(code, to_the_end)
         error = "" if code == 0 else f"torchrun exit {raw} (see the job's log in .submitit/)"
         if status == "preempted":
             error = "saved after a preemption signal; a requeue resumes it"

@@ -18,7 +18,13 @@ from typing import Any
 
 from pretrain.config import ConfigError
 from pretrain.sweep.outcome import PointOutcome, summarize
-from pretrain.sweep.plan import SweepPoint, cli_overrides, max_steps_of, plan_point
+from pretrain.sweep.plan import (
+    SweepPoint,
+    cli_overrides,
+    plan_point,
+    reaches_max_steps,
+    steps_of,
+)
 from pretrain.sweep.points import (
     PointRecord,
     is_finished,
@@ -69,29 +75,18 @@ def _validated(point: SweepPoint, sweep_config: Any, world: int) -> QueuedPoint 
 
     None when the point finished before. ConfigError when the config is bad.
     """
-    from omegaconf import OmegaConf
-
-    from pretrain.config import PretrainConfig
+    from pretrain.launch.resolve import check_config
     from pretrain.launch.resolved import write_resolved
-    from pretrain.plan.preflight import preflight
-    from pretrain.validate import validate
-    from pretrain_pipeline_conf.hydra_app import unknown_keys
 
     task_cfg = _task_config(sweep_config)
-    problems = unknown_keys(task_cfg, PretrainConfig)
-    if problems:
-        raise ConfigError("; ".join(problems))
-    cfg = OmegaConf.to_object(task_cfg)
-    manifests = validate(cfg, world_size=world)
-    for warning in preflight(cfg, world, manifests=manifests):
-        print(f"sweep point {point.name}: warning: {warning}", file=sys.stderr, flush=True)
-    steps = max_steps_of(task_cfg)
-    if steps is not None and is_finished(point.run_dir, steps):
+    cfg = check_config(task_cfg, world, warn_prefix=f"sweep point {point.name}")
+    steps = steps_of(cfg.train)
+    if is_finished(point.run_dir, steps):
         return None
     config_file = write_resolved(Path(point.run_dir) / RESOLVED_NAME, task_cfg, point.overrides)
     write_point(point.run_dir, PointRecord(point.name, "queued", point.overrides, steps))
-    stop = cfg.train.stop_at_step
-    return QueuedPoint(point, str(config_file), stop is None or stop >= (steps or 0))
+    to_the_end = reaches_max_steps(cfg.train.stop_at_step, steps)
+    return QueuedPoint(point, str(config_file), to_the_end)
 
 
 def _prepare(

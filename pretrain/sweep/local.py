@@ -18,7 +18,13 @@ from pretrain.faults import EXIT_PREEMPTED
 from pretrain.parallel import world_size_from_env
 from pretrain.sweep.outcome import PointOutcome
 from pretrain.sweep.plan import SweepPoint
-from pretrain.sweep.points import PointRecord, is_finished, short_error, write_point
+from pretrain.sweep.points import (
+    PointRecord,
+    is_finished,
+    point_status,
+    short_error,
+    write_point,
+)
 from pretrain_pipeline_conf.hydra_app import TaskExit
 
 log = logging.getLogger("pretrain.sweep")
@@ -68,11 +74,7 @@ def run_local_point(
     except Exception as exc:  # noqa: BLE001 - one point's failure is recorded, the sweep goes on
         traceback.print_exc()
         code, error = 1, short_error(f"{type(exc).__name__}: {exc}")
-    status = "failed"
-    if code == 0:
-        status = "finished" if to_the_end else "stopped"
-    elif code == EXIT_PREEMPTED:
-        status = "preempted"
+    status = point_status(code, to_the_end)
     record.status, record.exit_code, record.error = status, code, error or None
     write_point(point.run_dir, record)
     if status in ("failed", "preempted"):

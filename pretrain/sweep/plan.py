@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pretrain.config import ConfigError
-from pretrain.sweep.points import point_name, swept_keys, user_run_dir
+from pretrain.config import ConfigError, TrainConfig
+from pretrain.sweep.points import override_key, point_name, swept_keys, user_run_dir
 
 
 @dataclass
@@ -48,7 +48,7 @@ def plan_point(dict_cfg: Any, job_overrides: list[str], swept: list[str]) -> Swe
         )
     sweep_dir = str(dict_cfg.sweep.dir)
     run_dir = given_dir if given_dir is not None else str(Path(sweep_dir) / name)
-    given_name = any(o.split("=", 1)[0].lstrip("+~") == "run.name" for o in job_overrides)
+    given_name = any(override_key(o) == "run.name" for o in job_overrides)
     with read_write(dict_cfg):
         dict_cfg.run.dir = run_dir
         if not given_name:
@@ -71,12 +71,21 @@ def point_for_job(
     return plan_point(dict_cfg, list(hydra_cfg.overrides.task), swept)
 
 
+def steps_of(train: TrainConfig) -> int:
+    """The run length `train.*` asks for (max_steps, or what the token budget gives)."""
+    return train.steps_for(train.global_batch_size * train.seq_length)
+
+
+def reaches_max_steps(stop_at_step: int | None, steps: int | None) -> bool:
+    """False when train.stop_at_step ends the run before max_steps (the point is `stopped`)."""
+    return stop_at_step is None or steps is None or stop_at_step >= steps
+
+
 def max_steps_of(dict_cfg: Any) -> int | None:
-    """The run length the config asks for (None if the config does not convert)."""
+    """The run length of a composed config (None if the config does not convert)."""
     from omegaconf import OmegaConf
 
     try:
-        train = OmegaConf.to_object(dict_cfg).train
-        return train.steps_for(train.global_batch_size * train.seq_length)
+        return steps_of(OmegaConf.to_object(dict_cfg).train)
     except Exception:  # noqa: BLE001 - a bad config fails later, with its own message
         return None

@@ -31,9 +31,9 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._+\-=,@]")
 STATUSES = ("queued", "running", "finished", "stopped", "failed", "preempted")
 
 
-def _override_key(override: str) -> str:
-    key = override.split("=", 1)[0].lstrip("+~")
-    return key
+def override_key(override: str) -> str:
+    """The key of a `key=value` override (`+`/`~` prefixes dropped)."""
+    return override.split("=", 1)[0].lstrip("+~")
 
 
 def swept_keys(cli_overrides: Iterable[str], sweeper_params: Mapping[str, Any] | None) -> list[str]:
@@ -60,7 +60,7 @@ def point_name(job_overrides: Iterable[str], swept: Iterable[str]) -> str:
     wanted = set(swept)
     parts = {}
     for override in job_overrides:
-        key = _override_key(override)
+        key = override_key(override)
         if key in wanted:
             parts[key] = _clean(override.split("=", 1)[1] if "=" in override else "")
     if not parts:
@@ -75,7 +75,7 @@ def point_name(job_overrides: Iterable[str], swept: Iterable[str]) -> str:
 def user_run_dir(job_overrides: Iterable[str]) -> str | None:
     """`run.dir` given on the command line for this job, if any."""
     for override in job_overrides:
-        if _override_key(override) == "run.dir":
+        if override_key(override) == "run.dir":
             return override.split("=", 1)[1].strip("'\"")
     return None
 
@@ -124,6 +124,16 @@ def update_point(run_dir: str | Path, **changes: Any) -> None:
     for key, value in changes.items():
         setattr(record, key, value)
     write_point(run_dir, record)
+
+
+def point_status(exit_code: int, to_the_end: bool) -> str:
+    """A point's status from its training's exit code: finished (or stopped, when
+    train.stop_at_step ended it before max_steps), preempted (75) or failed."""
+    from pretrain.faults import EXIT_PREEMPTED
+
+    if exit_code == 0:
+        return "finished" if to_the_end else "stopped"
+    return "preempted" if exit_code == EXIT_PREEMPTED else "failed"
 
 
 def is_finished(run_dir: str | Path, max_steps: int) -> bool:
