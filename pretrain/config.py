@@ -24,6 +24,8 @@ CHOICES = {
     "train.activation_recompute": ("none", "selective", "full"),
     "logging.wandb.mode": ("offline", "online", "disabled"),
     "cluster.check": ("warn", "error", "off"),
+    "objective.name": ("lm", "sft"),
+    "peft.type": ("none", "lora"),
 }
 """Allowed values of the string-choice keys."""
 
@@ -154,6 +156,42 @@ class DataConfig:
     verify_checksums: bool = False
     """Also check every shard's sha256 from the manifest (slow for big data). Shard sizes are
     always checked against their .idx."""
+    valid_paths: list[str] | None = None
+    """Data directories whose documents all form the validation split (e.g. a held-out split
+    prepared separately); data.split's valid share then goes unused. None = data.split."""
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = "lm"
+    """lm: next-token prediction on documents packed across boundaries (megatron GPTDataset).
+    sft: supervised fine-tuning on instruction data (`python -m data_pipeline
+    input.format=chat|prompt_completion`): the loss counts only target tokens (the data's loss
+    mask: assistant/completion tokens and their end marker) and is logged as the mean over the
+    target tokens of the global batch; examples are packed into sequences with a block-diagonal
+    attention mask (docs/finetuning.md)."""
+    pack: bool = True
+    """sft: pack several examples into each train.seq_length sequence (no example attends to
+    another; positions restart per example). false: one example per sequence, padded."""
+
+
+@dataclass
+class PeftConfig:
+    type: str = "none"
+    """none: train every parameter. lora: low-rank adapters around the target linear layers
+    (column/row tensor-parallel, correct under TP and sequence parallelism); the base weights are
+    frozen and the optimizer holds only the adapters (docs/finetuning.md)."""
+    rank: int = 8
+    """LoRA rank r of the adapter matrices A (r x in) and B (out x r)."""
+    alpha: float = 16.0
+    """LoRA scaling numerator: the adapter adds (alpha / rank) * B @ A to the weight."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input (0 = none)."""
+    target_modules: list[str] = field(
+        default_factory=lambda: ["linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"]
+    )
+    """megatron linear layers that get adapters: linear_qkv, linear_proj (attention), linear_fc1,
+    linear_fc2 (MLP)."""
 
 
 @dataclass
@@ -334,6 +372,10 @@ class PretrainConfig:
     """Parallelism degrees (`parallel=<preset>`)."""
     data: DataConfig = field(default_factory=DataConfig)
     """Training data."""
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    """What the loss trains (`objective=lm|sft`)."""
+    peft: PeftConfig = field(default_factory=PeftConfig)
+    """Parameter-efficient fine-tuning (`peft=none|lora`)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Optimizer and LR schedule."""
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -362,6 +404,8 @@ GROUP_SCHEMAS = {
     "train": TrainConfig,
     "logging": LoggingConfig,
     "checkpoint": CheckpointConfig,
+    "objective": ObjectiveConfig,
+    "peft": PeftConfig,
 }
 
 

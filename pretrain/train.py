@@ -36,6 +36,7 @@ from pretrain.parallel import (
     init_distributed,
     is_collective_timeout,
 )
+from pretrain.peft import apply_peft
 from pretrain.progress import StepMeter, progress_fields
 from pretrain.run_lock import RunLock
 from pretrain.sample import generate
@@ -61,6 +62,7 @@ def _build_core(
         precision=cfg.precision,
         activation_recompute=t.activation_recompute,
     )
+    apply_peft(chunks, cfg.peft, cfg.seed)  # LoRA: adapters added, base frozen (before DDP)
     model = wrap_model(chunks, cfg.parallel, cfg.precision)
     max_steps = t.steps_for(t.global_batch_size * t.seq_length)
     optimizer = build_optimizer(model, cfg.optim, cfg.parallel, cfg.precision)

@@ -15,6 +15,7 @@ from typing import Any
 from pretrain.config import CHOICES, ConfigError, PretrainConfig
 from pretrain.data import check_manifests
 from pretrain.parallel import check_world_size, world_size_from_env
+from pretrain.peft import validate_peft
 
 
 def _require(ok: bool, message: str) -> None:
@@ -300,4 +301,5 @@ def validate(cfg: PretrainConfig, world_size: int | None = None) -> list[dict[st
     _check_batch(cfg, dp)
     _check_optim(cfg)
     _check_misc(cfg)
+    validate_peft(cfg)
     return check_manifests(cfg.data, cfg.model)

@@ -1,0 +1,1 @@
+"""Instruction data (chat, prompt/completion): templates, loss masks, the embedded stdlib corpus."""

@@ -1,0 +1,1 @@
+"""Supervised fine-tuning data: instruction examples with loss masks, packed into sequences."""
