@@ -10,7 +10,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test test-fast test-dist test-gpu lint format bench clean
+.PHONY: setup demo finetune-demo test test-fast test-dist test-gpu lint format bench clean
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,10 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	bash launch/demo.sh
+
+# LoRA SFT of the demo's base model (runs `make demo` first when checkpoints/demo is missing)
+finetune-demo: setup
+	bash launch/finetune_demo.sh
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -49,6 +53,7 @@ bench: setup
 	$(PY) bench/dataprep.py
 	$(PY) bench/train.py
 	$(PY) bench/checkpoint.py
+	$(PY) bench/finetune.py
 
 clean:
 	rm -rf checkpoints/data checkpoints/demo*

@@ -15,7 +15,10 @@ from typing import Any
 
 from data_pipeline.errors import ConfigError
 
-FORMATS = ("auto", "jsonl", "parquet", "text", "hf")
+FORMATS = ("auto", "jsonl", "parquet", "text", "hf", "chat", "prompt_completion")
+INSTRUCT_FORMATS = ("chat", "prompt_completion")
+"""Formats whose records are instruction examples (data_pipeline.instruct): one example per
+document plus an aligned loss mask."""
 ENCODERS = ("auto", "sentencepiece", "kitoken")
 STAGES = ("all", "tokenizer", "finalize")
 
@@ -30,8 +33,10 @@ class InputConfig:
     """Files, globs or folders (read recursively), or a Hugging Face dataset (a local dir, or a
     hub name written `hf:NAME`). `stdlib:` is the running Python's standard library."""
     format: str = "auto"
-    """auto | jsonl | parquet | text | hf. `auto` decides per file from its suffix
-    (.jsonl/.json/.ndjson[.gz|.zst], .parquet, anything else is text)."""
+    """auto | jsonl | parquet | text | hf | chat | prompt_completion. `auto` decides per file from
+    its suffix (.jsonl/.json/.ndjson[.gz|.zst], .parquet, anything else is text). chat and
+    prompt_completion are instruction examples (JSONL by suffix, or parquet, or `hf:`), written
+    with a loss mask (docs/data_preparation.md, "Instruction data")."""
     text_key: str = "text"
     """Field holding the document text in JSONL objects, parquet columns and HF datasets. A
     dotted key reads a nested field (`meta.text`: JSONL {"meta": {"text": ...}}, or field `text`
@@ -49,6 +54,38 @@ class InputConfig:
     fail: stop with a non-zero exit at the first bad record or empty input file."""
     max_examples: int = 5
     """How many file:line examples of each skip reason are kept in the manifest."""
+    messages_key: str = "messages"
+    """format=chat: field holding the list of turns {role, content} (roles: system, first and
+    optional; user; assistant)."""
+    prompt_key: str = "prompt"
+    """format=prompt_completion: field holding the prompt (the user turn)."""
+    completion_key: str = "completion"
+    """format=prompt_completion: field holding the completion (the assistant turn, the target)."""
+    template: str | None = None
+    """Chat template: null (plain for prompt_completion, default for chat), a built-in name
+    (plain, default, llama3) or the path of a Jinja file that gets `messages`, `target_start`
+    and `target_end` and puts the two markers around every text to learn."""
+    special_tokens: list[str] = field(default_factory=list)
+    """Extra special tokens a user template file emits (built-ins declare their own); reserved
+    when the tokenizer is trained, and each must be one piece of a given tokenizer.model."""
+    max_tokens: int = 2048
+    """Longest instruction example kept, in tokens including the final EOD."""
+    overlong: str = "truncate"
+    """Examples longer than max_tokens: truncate (keep the first max_tokens tokens; an example
+    left with no target token is dropped) or drop. Both are counted in manifest `instruct`."""
+    python_pairs: bool = False
+    """Read each input file as Python source and make one prompt_completion example per
+    documented function (data_pipeline.instruct.stdlib_pairs); input=stdlib_instruct sets it."""
+    subset: str = "all"
+    """all | train | heldout: keep every input file, or only those of the training or held-out
+    split (a file is held out when the sha256 of its path relative to its input.paths folder
+    falls below heldout_fraction), so the two splits never share a file (module)."""
+    heldout_fraction: float = 0.05
+    """Fraction of input files (modules) in the held-out split (input.subset), in [0, 1]."""
+
+    def is_instruct(self) -> bool:
+        """Whether the records are instruction examples (format chat or prompt_completion)."""
+        return self.format in INSTRUCT_FORMATS
 
 
 @dataclass
@@ -172,6 +209,7 @@ def validate(cfg: PrepareConfig) -> None:
     _check(inp.text_unit in ("file", "line"), "input.text_unit", inp.text_unit, "use file|line")
     _check(bool(inp.text_key), "input.text_key", inp.text_key, "must be a non-empty field name")
     _check(inp.max_examples >= 0, "input.max_examples", inp.max_examples, "must be >= 0")
+    _validate_instruct(inp)
     _check(tok.type in ("bpe", "unigram"), "tokenizer.type", tok.type, "use bpe or unigram")
     _check(tok.encoder in ENCODERS, "tokenizer.encoder", tok.encoder, f"choose one of {ENCODERS}")
     if tok.model is None:
@@ -201,6 +239,27 @@ def validate(cfg: PrepareConfig) -> None:
             "shards of the others. Clear the dir once before the array (e.g. the stage=tokenizer "
             "step with output.overwrite=true) and run the tasks without it."
         )
+
+
+def _validate_instruct(inp: InputConfig) -> None:
+    """The instruction-data keys (input.format=chat|prompt_completion, subsets, python_pairs)."""
+    _check(
+        inp.subset in ("all", "train", "heldout"), "input.subset", inp.subset, "all|train|heldout"
+    )
+    fraction = inp.heldout_fraction
+    _check(0.0 <= fraction <= 1.0, "input.heldout_fraction", fraction, "must be in [0, 1]")
+    if inp.python_pairs:
+        why = "Python functions become prompt/completion pairs: set input.format=prompt_completion"
+        _check(inp.format == "prompt_completion", "input.format", inp.format, why)
+    if not inp.is_instruct():
+        return
+    _check(inp.max_tokens >= 2, "input.max_tokens", inp.max_tokens, "must be >= 2")
+    _check(inp.overlong in ("truncate", "drop"), "input.overlong", inp.overlong, "truncate|drop")
+    for key in ("messages_key", "prompt_key", "completion_key"):
+        value = getattr(inp, key)
+        _check(bool(value), f"input.{key}", value, "must be a non-empty field name")
+    for token in inp.special_tokens:
+        _check(bool(token.strip()), "input.special_tokens", inp.special_tokens, "empty token")
 
 
 def override_keys(overrides: Iterable[str]) -> set[str]:

@@ -59,3 +59,25 @@ def text_column(schema: Any, key: str, where: str) -> tuple[str, str | None]:
             f"Set input.text_key to a string column (columns: {names})."
         )
     return column, None
+
+
+def instruct_columns(inp: Any) -> list[str]:
+    """The columns an instruction example is read from (input.format=chat|prompt_completion)."""
+    if inp.format == "chat":
+        return [inp.messages_key]
+    return [inp.prompt_key, inp.completion_key]
+
+
+def check_columns(schema: Any, inp: Any, where: str) -> None:
+    """ConfigError when a parquet/HF schema lacks the text column (or the instruction columns)."""
+    if not inp.is_instruct():
+        text_column(schema, inp.text_key, where)
+        return
+    names = list(schema.names)
+    for column in instruct_columns(inp):
+        if column not in names:
+            key = "messages_key" if inp.format == "chat" else "prompt_key/input.completion_key"
+            raise ConfigError(
+                f"input.{key}: {where} has no column {column!r} (columns: {names}). Set the key "
+                "to the column holding it."
+            )

@@ -57,6 +57,24 @@ def statistics(out_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
         "vocab_size": manifest["tokenizer"]["vocab_size"],
         "encoder": manifest.get("encoder", {}).get("name"),
         "skipped": manifest["skipped"]["counts"],
+        **_instruct_statistics(manifest, int(lengths.sum())),
+    }
+
+
+def _instruct_statistics(manifest: dict[str, Any], tokens: int) -> dict[str, Any]:
+    """Loss-mask statistics of instruction data ({} for pretraining data)."""
+    block = manifest.get("instruct")
+    if block is None:
+        return {}
+    targets = sum(s.get("num_target_tokens", 0) for s in manifest["shards"])
+    return {
+        "instruct": f"{block['format']}, template {block['template']['name']} "
+        f"(sha256 {block['template']['sha256'][:12]})",
+        "loss_masks": [s["loss_mask"]["prefix"] for s in manifest["shards"]],
+        "target_tokens": targets,
+        "target_fraction": round(targets / max(tokens, 1), 4),
+        "overlong": f"{block['overlong']} at {block['max_tokens']} tokens: "
+        f"{block['truncated']} truncated, {block['dropped']} dropped",
     }
 
 

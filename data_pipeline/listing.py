@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import glob
+import hashlib
 import logging
 import os
 import re
@@ -16,9 +17,9 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_pipeline.config import InputConfig
+from data_pipeline.config import INSTRUCT_FORMATS, InputConfig
 from data_pipeline.errors import ConfigError
-from data_pipeline.fields import text_column
+from data_pipeline.fields import check_columns
 from data_pipeline.hf import check_hub_reachable, is_saved_hf_dataset, open_hf_dataset
 from data_pipeline.streams import BOM, open_binary
 
@@ -38,7 +39,7 @@ class Source:
     path: str
     """Absolute file path, or the dataset name/dir for kind=hf."""
     kind: str
-    """jsonl | text | parquet | hf."""
+    """jsonl | text | parquet | hf | pyfuncs (Python source read as prompt/completion pairs)."""
     size: int
     """Bytes on disk (compressed size for .gz/.zst); drives the shard plan."""
     compression: str | None = None
@@ -60,6 +61,8 @@ class Source:
         """How records.parse_record reads this source's payloads: jsonl | line | text | value."""
         if self.kind in ("parquet", "hf"):
             return "value"
+        if self.kind == "pyfuncs":
+            return "pairs"
         if self.kind == "jsonl":
             return "jsonl"
         return "line" if self.line_records else "text"
@@ -80,6 +83,8 @@ def _file_kind(path: Path, fmt: str) -> tuple[str, str | None]:
             "(only .gz and .zst streams are). Decompress or recompress it with gzip or zstd, or "
             f"leave it out of a listed folder with input.exclude=['*{path.suffix}']."
         )
+    if fmt in INSTRUCT_FORMATS:
+        return _instruct_file_kind(path, fmt, inner), compression
     if fmt != "auto":
         return fmt, compression
     if inner in JSONL_SUFFIXES:
@@ -87,6 +92,31 @@ def _file_kind(path: Path, fmt: str) -> tuple[str, str | None]:
     if inner == ".parquet":
         return "parquet", None
     return "text", compression
+
+
+def _instruct_file_kind(path: Path, fmt: str, inner: str) -> str:
+    """jsonl | parquet for an instruction file (ConfigError for any other file)."""
+    if inner in JSONL_SUFFIXES:
+        return "jsonl"
+    if inner == ".parquet":
+        return "parquet"
+    raise ConfigError(
+        f"input.format={fmt}: {path} is neither JSON Lines (.jsonl/.json/.ndjson, optionally "
+        ".gz/.zst) nor parquet. Convert it, or leave it out with input.include/input.exclude."
+    )
+
+
+def is_heldout(rel_path: str, fraction: float) -> bool:
+    """Whether a file (module) belongs to the held-out split: the first 8 bytes of the sha256 of
+    its relative path, as a fraction of 2**64, fall below `fraction` (input.subset)."""
+    digest = hashlib.sha256(rel_path.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def _in_subset(rel_path: str, inp: InputConfig) -> bool:
+    if inp.subset == "all":
+        return True
+    return is_heldout(rel_path, inp.heldout_fraction) == (inp.subset == "heldout")
 
 
 def _walk(root: Path, inp: InputConfig) -> list[Path]:
@@ -116,8 +146,9 @@ def _walk(root: Path, inp: InputConfig) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def _expand_path(entry: str, inp: InputConfig) -> list[Path]:
-    """The files one input.paths entry stands for (a file, a glob or a folder)."""
+def _expand_path(entry: str, inp: InputConfig) -> list[tuple[str, Path]]:
+    """(relative path, path) of the files one input.paths entry stands for (a file, a glob or a
+    folder); the relative path is the file name for a file or a glob match."""
     if entry == "stdlib:":
         entry = sysconfig.get_paths()["stdlib"]
     path = Path(entry).expanduser()
@@ -125,7 +156,7 @@ def _expand_path(entry: str, inp: InputConfig) -> list[Path]:
         found = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
         if not found:
             raise ConfigError(f"input.paths: the glob {entry!r} matches no file")
-        return found
+        return [(p.name, p) for p in found]
     if path.is_dir():
         files = _walk(path, inp)
         if not files:
@@ -133,23 +164,26 @@ def _expand_path(entry: str, inp: InputConfig) -> list[Path]:
                 f"input.paths: the folder {entry!r} holds no file matching "
                 f"input.include={inp.include} / input.exclude={inp.exclude}"
             )
-        return files
+        return [(p.relative_to(path).as_posix(), p) for p in files]
     if path.is_file():
-        return [path]
+        return [(path.name, path)]
     raise ConfigError(f"input.paths: {entry!r} does not exist (cwd {os.getcwd()})")
 
 
 def _hf_source(entry: str, inp: InputConfig) -> Source:
     """A Hugging Face dataset as a Source (rows, size on disk), its text column checked."""
     ds = open_hf_dataset(entry, inp.hf_split)
-    text_column(ds.data.schema, inp.text_key, f"{entry} (split {inp.hf_split})")
+    check_columns(ds.data.schema, inp, f"{entry} (split {inp.hf_split})")
     size = sum(os.path.getsize(f["filename"]) for f in ds.cache_files) or int(ds.data.nbytes)
     return Source(path=entry, kind="hf", size=max(size, 1), rows=len(ds))
 
 
 def _file_source(path: Path, inp: InputConfig) -> Source:
     """A file as a Source; parquet schemas and JSON Lines heads are checked here."""
-    kind, compression = _file_kind(path, inp.format)
+    if inp.python_pairs:  # every listed file is Python source (input.include: *.py)
+        kind, compression = "pyfuncs", None
+    else:
+        kind, compression = _file_kind(path, inp.format)
     rows = 0
     if kind == "parquet":
         import pyarrow.parquet as pq
@@ -159,7 +193,7 @@ def _file_source(path: Path, inp: InputConfig) -> Source:
         except (OSError, ValueError) as e:
             raise ConfigError(f"input.paths: {path} is not a readable parquet file ({e})") from e
         rows = pf.metadata.num_rows
-        text_column(pf.schema_arrow, inp.text_key, str(path))
+        check_columns(pf.schema_arrow, inp, str(path))
     line_records = kind == "jsonl" or (kind == "text" and inp.text_unit == "line")
     src = Source(str(path.resolve()), kind, path.stat().st_size, compression, line_records, rows)
     if kind == "jsonl":
@@ -210,6 +244,8 @@ def list_sources(inp: InputConfig, output_dir: Path | None = None) -> list[Sourc
     for entry in inp.paths:
         local = Path(entry).expanduser()
         if entry.startswith(HF_PREFIX) or inp.format == "hf":
+            if inp.subset != "all":
+                raise ConfigError(f"input.subset={inp.subset} splits files; {entry} is a dataset")
             name = entry.removeprefix(HF_PREFIX)
             if Path(name).expanduser().exists():
                 name = str(Path(name).expanduser().resolve())
@@ -222,8 +258,10 @@ def list_sources(inp: InputConfig, output_dir: Path | None = None) -> list[Sourc
         if inp.format in ("auto", "hf") and is_saved_hf_dataset(local):
             sources.append(_hf_source(str(local.resolve()), inp))
             continue
-        for path in _expand_path(entry, inp):
+        for rel, path in _expand_path(entry, inp):
             key = str(path.resolve())
+            if not _in_subset(rel, inp):
+                continue
             if _is_our_output(Path(key), output_dir):
                 ours += 1
             elif key in seen:
@@ -231,6 +269,11 @@ def list_sources(inp: InputConfig, output_dir: Path | None = None) -> list[Sourc
             else:
                 seen.add(key)
                 sources.append(_file_source(path, inp))
+    if not sources and inp.subset != "all":
+        raise ConfigError(
+            f"input.subset={inp.subset}: no input file falls in this split "
+            f"(input.heldout_fraction={inp.heldout_fraction}); give more files or another fraction"
+        )
     if ours:
         log.warning(
             "input.paths: %d files written by this job in %s are not read", ours, output_dir

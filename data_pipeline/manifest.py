@@ -38,6 +38,8 @@ def shard_entry(record: dict) -> dict[str, Any]:
         "num_bytes",
         "input_bytes",
         "encoder",
+        "num_target_tokens",
+        "loss_mask",
     )
     return {k: record[k] for k in keys if k in record}
 
@@ -107,12 +109,18 @@ def verify_dir(out_dir: Path, manifest: dict[str, Any]) -> list[str]:
         problems.append(f"{tok['path']}: sha256 differs from the manifest")
     for shard in manifest["shards"]:
         prefix = out_dir / shard["prefix"]
-        for suffix in ("bin", "idx"):
-            file = Path(f"{prefix}.{suffix}")
-            if not file.is_file():
-                problems.append(f"{file.name}: missing")
-            elif sha256_file(file) != shard[f"{suffix}_sha256"]:
-                problems.append(f"{file.name}: sha256 differs from the manifest")
+        files = [(shard["prefix"], shard)]
+        if "instruct" in manifest:
+            files.append(
+                (shard.get("loss_mask", {}).get("prefix", "?"), shard.get("loss_mask", {}))
+            )
+        for name, entry in files:
+            for suffix in ("bin", "idx"):
+                file = out_dir / f"{name}.{suffix}"
+                if not file.is_file():
+                    problems.append(f"{file.name}: missing")
+                elif sha256_file(file) != entry.get(f"{suffix}_sha256"):
+                    problems.append(f"{file.name}: sha256 differs from the manifest")
         if any(p.startswith(shard["prefix"]) for p in problems):
             continue
         ds = IndexedDataset(str(prefix), mmap=True)
@@ -121,4 +129,20 @@ def verify_dir(out_dir: Path, manifest: dict[str, Any]) -> list[str]:
                 f"{shard['prefix']}: {len(ds)} docs / {int(ds.sequence_lengths.sum())}"
                 f" tokens, manifest says {shard['num_docs']} / {shard['num_tokens']}"
             )
+        elif "instruct" in manifest:
+            problems += _verify_mask(out_dir, shard, ds.sequence_lengths)
     return problems
+
+
+def _verify_mask(out_dir: Path, shard: dict[str, Any], lengths: Any) -> list[str]:
+    """Problems of a shard's loss mask: other lengths than the tokens, or another target count."""
+    import numpy as np
+
+    masks = indexed_dataset().IndexedDataset(str(out_dir / shard["loss_mask"]["prefix"]), mmap=True)
+    name = shard["loss_mask"]["prefix"]
+    if masks.index.dtype != np.uint8 or not np.array_equal(masks.sequence_lengths, lengths):
+        return [f"{name}: documents/lengths/dtype do not match {shard['prefix']}"]
+    targets = int(np.asarray(masks.bin_reader.read(np.uint8, int(lengths.sum()), 0)).sum())
+    if targets != shard.get("num_target_tokens"):
+        return [f"{name}: {targets} target tokens, manifest says {shard.get('num_target_tokens')}"]
+    return []

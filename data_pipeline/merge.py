@@ -39,6 +39,13 @@ def _load_inputs(dirs: list[Path], verify: bool) -> list[dict[str, Any]]:
         if problems:
             raise OutputError(f"{d} does not verify: {problems[0]} (see data_pipeline.inspect)")
         manifests.append(manifest)
+    instruct = [str(d) for d, m in zip(dirs, manifests, strict=True) if "instruct" in m]
+    if instruct:
+        raise OutputError(
+            f"{instruct[0]} holds instruction data (manifest `instruct`, with loss masks), which "
+            "merge does not combine yet. Prepare the inputs together in one job instead "
+            "(input.paths=[a.jsonl, b.jsonl]), or train on both dirs (data.paths=[...])."
+        )
     shas = {m["tokenizer"]["sha256"] for m in manifests}
     if len(shas) > 1:
         raise OutputError(

@@ -18,6 +18,8 @@ from data_pipeline import tokenizer as tk
 from data_pipeline.config import PrepareConfig, validate
 from data_pipeline.diskspace import disk_full_guard
 from data_pipeline.errors import DataError, OutputError
+from data_pipeline.instruct import setup as instruct
+from data_pipeline.instruct.examples import InstructSpec
 from data_pipeline.listing import Source, list_sources
 from data_pipeline.lock import OutputLock
 from data_pipeline.manifest import MANIFEST, build_manifest, write_manifest
@@ -54,14 +56,17 @@ def _clear_outputs(out: Path, model: str | None) -> None:
     log.info("output.overwrite=true: removed %d files from %s", len(removed), out)
 
 
-def _remove_stale(out: Path, plans: list[ShardPlan], records: list[dict]) -> None:
-    """Delete shard files of other plans, and data files of shards that are empty in this one
-    (left by an earlier run with other inputs): only manifest shards may look like data."""
+def _remove_stale(out: Path, plans: list[ShardPlan], records: list[dict], masks: bool) -> None:
+    """Delete shard files of other plans, data files of shards that are empty in this one, and
+    loss masks of a run that wrote none (left by an earlier run with other inputs): only
+    manifest shards may look like data."""
     keep = {p.prefix for p in plans}
     empty = {r["prefix"] for r in records if r["num_docs"] == 0}
     for path in sorted(out.glob("shard_*")):
         prefix = path.name.split(".")[0]
-        if prefix not in keep or (prefix in empty and path.suffix in (".bin", ".idx")):
+        data = path.suffix in (".bin", ".idx")
+        stale_mask = not masks and data and path.name.endswith((".loss_mask.bin", ".loss_mask.idx"))
+        if prefix not in keep or (prefix in empty and data) or stale_mask:
             log.info("removing %s (not part of this plan)", path.name)
             path.unlink()
 
@@ -113,8 +118,11 @@ def _build_all(mine: list[ShardPlan], ctx: ShardContext, encoder: str, cfg: Prep
     return records, built
 
 
-def _context(cfg: PrepareConfig, out: Path, sources: list[Source], info: dict) -> ShardContext:
+def _context(
+    cfg: PrepareConfig, out: Path, sources: list[Source], info: dict, spec: InstructSpec | None
+) -> ShardContext:
     dtype = indexed_dataset().DType.optimal_dtype(info["vocab_size"]).__name__
+    settings = {"text_key": cfg.input.text_key, "hf_split": cfg.input.hf_split, "dtype": dtype}
     return ShardContext(
         out_dir=out,
         sources=sources,
@@ -123,10 +131,11 @@ def _context(cfg: PrepareConfig, out: Path, sources: list[Source], info: dict) -
         tokenizer_sha256=info["sha256"],
         eod=info["eod_id"],
         dtype=dtype,
-        settings={"text_key": cfg.input.text_key, "hf_split": cfg.input.hf_split, "dtype": dtype},
+        settings={**settings, **instruct.fingerprint_settings(spec)},
         batch_bytes=cfg.batch_bytes,
         verify_docs=cfg.tokenizer.verify_docs,
         workers=cfg.workers,
+        instruct=spec,
     )
 
 
@@ -163,6 +172,8 @@ def _finish(cfg: PrepareConfig, ctx: ShardContext, ordered: list[dict], run: dic
         cfg.input.max_examples,
         {"name": run["encoder"], "why": run["why"], "per_shard": per_shard},
     )
+    if ctx.instruct is not None:
+        manifest["instruct"] = instruct.manifest_block(ctx.instruct, ordered)
     if manifest["totals"]["num_docs"] == 0:
         raise DataError(
             f"no document survived (skipped: {manifest['skipped']['counts']}); check input.paths "
@@ -180,13 +191,14 @@ def run_prepare(cfg: PrepareConfig) -> Path:
     """
     started = time.perf_counter()
     validate(cfg)
+    spec = instruct.build_spec(cfg.input, cfg.tokenizer.model)  # before anything is written
     out = cfg.output_dir()
     _make_output_dir(out)
     with OutputLock(out, cfg.stage, *cfg.slice.resolved()):
-        return _run_locked(cfg, out, started)
+        return _run_locked(cfg, out, started, spec)
 
 
-def _run_locked(cfg: PrepareConfig, out: Path, started: float) -> Path:
+def _run_locked(cfg: PrepareConfig, out: Path, started: float, spec: InstructSpec | None) -> Path:
     """run_prepare once the output dir is known to be writable and is locked."""
     if cfg.output.overwrite and cfg.stage != "finalize":
         _clear_outputs(out, cfg.tokenizer.model)
@@ -195,10 +207,12 @@ def _run_locked(cfg: PrepareConfig, out: Path, started: float) -> Path:
     # the .bin/.idx writer's import (torch + megatron.core, seconds) runs alongside training
     writer = WriterImport() if cfg.stage != "tokenizer" else None
     model_path = ensure_tokenizer(cfg, sources, out, writer)
+    if spec is not None:  # a trained model reserves them; an earlier run's copy is re-checked
+        instruct.check_special_tokens(model_path, spec.template.special_tokens, str(model_path))
     if writer is None:
         return out
     timings = {"started": started, "tokenizer_s": round(time.perf_counter() - started, 3)}
-    _shards_and_manifest(cfg, out, sources, model_path, writer, timings)
+    _shards_and_manifest(cfg, out, sources, model_path, writer, timings, spec)
     return out
 
 
@@ -209,6 +223,7 @@ def _shards_and_manifest(
     model_path: Path,
     writer: WriterImport,
     timings: dict[str, float],
+    spec: InstructSpec | None,
 ) -> None:
     """Plan and build this slice's shards, then (one slice, or stage=finalize) the manifest.
 
@@ -219,9 +234,11 @@ def _shards_and_manifest(
     check_same_tokenizer(out, info["sha256"])
     (out / MANIFEST).unlink(missing_ok=True)
     encoder, why = tk.choose_encoder(cfg.tokenizer.encoder, model_path)
+    if spec is not None:
+        encoder, why = "sentencepiece", "instruction data needs piece offsets (kitoken has none)"
     log.info("encoder: %s (%s)", encoder, why)
     writer.load()  # when no training ran alongside: now (logged, with its time)
-    ctx = _context(cfg, out, sources, info)
+    ctx = _context(cfg, out, sources, info, spec)
     plans = plan_shards(
         sources, num_shards_for(sources, cfg.output.num_shards, cfg.output.shard_input_mb)
     )
@@ -244,7 +261,7 @@ def _shards_and_manifest(
         )
         return
     ordered = _all_records(plans, records, ctx)
-    _remove_stale(out, plans, ordered)
+    _remove_stale(out, plans, ordered, spec is not None)
     timings.update(shards_s=round(shards_s, 3), **writer.timings())
     timings["total_s"] = round(time.perf_counter() - timings.pop("started"), 3)
     run = {"index": index, "count": count, "info": info, "encoder": encoder, "why": why}

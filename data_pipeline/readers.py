@@ -13,7 +13,7 @@ from typing import Any
 
 from data_pipeline.config import InputConfig
 from data_pipeline.errors import ConfigError
-from data_pipeline.fields import lookup, text_column
+from data_pipeline.fields import instruct_columns, lookup, text_column
 from data_pipeline.hf import open_hf_dataset
 from data_pipeline.listing import Source
 from data_pipeline.streams import BOM, open_binary
@@ -61,19 +61,25 @@ def _row_range(src: Source, start: int, end: int) -> tuple[int, int]:
     return -(-start * src.rows // src.size), -(-end * src.rows // src.size)
 
 
-def _iter_parquet(src: Source, key: str, start: int, end: int) -> Iterator[tuple[int, Any]]:
-    """(row number, text value) of a parquet file's rows in the byte range, by row group."""
+def _iter_parquet(src: Source, inp: InputConfig, start: int, end: int) -> Iterator[tuple[int, Any]]:
+    """(row number, text value, or a row dict of instruction columns) of a parquet file's rows
+    in the byte range, by row group."""
     import pyarrow.parquet as pq
 
     first, last = _row_range(src, start, end)
     pf = pq.ParquetFile(src.path)
-    column, path = text_column(pf.schema_arrow, key, src.path)
+    if inp.is_instruct():
+        columns, path = instruct_columns(inp), None
+    else:
+        column, path = text_column(pf.schema_arrow, inp.text_key, src.path)
+        columns = [column]
     offset = 0
     for group in range(pf.metadata.num_row_groups):
         n = pf.metadata.row_group(group).num_rows
         lo, hi = max(first, offset), min(last, offset + n)
         if lo < hi:
-            values = pf.read_row_group(group, columns=[column]).column(0).to_pylist()
+            table = pf.read_row_group(group, columns=columns)
+            values = table.to_pylist() if inp.is_instruct() else table.column(0).to_pylist()
             for row in range(lo, hi):
                 yield row + 1, _dig(values[row - offset], path)
         offset += n
@@ -84,15 +90,45 @@ def _dig(value: Any, path: str | None) -> Any:
     return value if path is None else lookup(value, path)
 
 
-def _iter_hf(src: Source, key: str, split: str, start: int, end: int) -> Iterator[tuple[int, Any]]:
-    """(row number, text value) of a Hugging Face dataset's rows in the byte range."""
-    ds = open_hf_dataset(src.path, split)
+def _iter_hf(src: Source, inp: InputConfig, start: int, end: int) -> Iterator[tuple[int, Any]]:
+    """(row number, text value, or a row dict of instruction columns) of a Hugging Face
+    dataset's rows in the byte range."""
+    ds = open_hf_dataset(src.path, inp.hf_split)
     first, last = _row_range(src, start, end)
-    column, path = text_column(ds.data.schema, key, src.path)
+    if inp.is_instruct():
+        columns = instruct_columns(inp)
+        for lo in range(first, last, 1000):
+            batch = ds[lo : min(lo + 1000, last)]
+            for i, row in enumerate(zip(*(batch[c] for c in columns), strict=True)):
+                yield lo + i + 1, dict(zip(columns, row, strict=True))
+        return
+    column, path = text_column(ds.data.schema, inp.text_key, src.path)
     for lo in range(first, last, 1000):
         hi = min(lo + 1000, last)
         for i, value in enumerate(ds[lo:hi][column]):
             yield lo + i + 1, _dig(value, path)
+
+
+def _iter_pairs(src: Source, start: int) -> Iterator[tuple[int, Any]]:
+    """(line of the def, {prompt, completion}) of a Python file (input.python_pairs); a file
+    that does not parse gives one PythonSyntax payload at its error line."""
+    from data_pipeline.instruct.stdlib_pairs import python_pairs
+
+    if start > 0:
+        return
+    with open_binary(src.path, src.compression) as f:
+        source = f.read()
+    try:
+        yield from python_pairs(source)
+    except (SyntaxError, ValueError, UnicodeDecodeError) as e:  # also null bytes, bad coding
+        yield getattr(e, "lineno", None) or 1, PythonSyntax(f"{e}")
+
+
+@dataclass(frozen=True)
+class PythonSyntax:
+    """Payload standing for a Python file that does not parse (input.python_pairs)."""
+
+    error: str
 
 
 @dataclass(frozen=True)
@@ -107,9 +143,11 @@ def _records(
 ) -> Iterator[tuple[int | None, Any]]:
     """The records of `src` in [start, end), by its kind (errors are left to iter_records)."""
     if src.kind == "parquet":
-        yield from _iter_parquet(src, inp.text_key, start, end)
+        yield from _iter_parquet(src, inp, start, end)
     elif src.kind == "hf":
-        yield from _iter_hf(src, inp.text_key, inp.hf_split, start, end)
+        yield from _iter_hf(src, inp, start, end)
+    elif src.kind == "pyfuncs":
+        yield from _iter_pairs(src, start)
     elif src.line_records:
         yield from _iter_lines(src, start, end)
     elif start == 0:

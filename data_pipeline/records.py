@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from data_pipeline.fields import MISSING, lookup
+from data_pipeline.instruct.reasons import INSTRUCT_REASON_TEXT, INSTRUCT_REASONS
 from data_pipeline.readers import Unreadable
 
 MAX_JSON_DEPTH = 256
@@ -24,6 +25,7 @@ REASONS = (
     "empty",
     "empty_file",
     "unreadable_file",
+    *INSTRUCT_REASONS,
 )
 """Skip reasons counted in manifest.json `skipped.counts`."""
 
@@ -36,6 +38,7 @@ REASON_TEXT = {
     "empty": "the document is empty or whitespace only",
     "empty_file": "the input file holds no record",
     "unreadable_file": "the file cannot be read from here on (truncated or corrupt)",
+    **INSTRUCT_REASON_TEXT,
 }
 
 
@@ -54,6 +57,17 @@ def _too_deep(line: bytes) -> bool:
         if depth > MAX_JSON_DEPTH:
             return True
     return False
+
+
+def parse_json_line(payload: bytes) -> tuple[Any, str | None]:
+    """(object, None) for a JSONL line holding one JSON object, else (None, skip reason)."""
+    try:
+        line = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, "invalid_utf8"
+    if not line.strip():
+        return None, "empty"
+    return _parse_json(line, payload)
 
 
 def _parse_json(line: str, raw: bytes) -> tuple[Any, str | None]:

@@ -24,6 +24,9 @@ import numpy as np
 from data_pipeline.config import InputConfig
 from data_pipeline.diskspace import disk_full_guard
 from data_pipeline.errors import DataError
+from data_pipeline.instruct.batch import encode_examples
+from data_pipeline.instruct.examples import InstructSpec
+from data_pipeline.instruct.templates import compile_template
 from data_pipeline.listing import Source
 from data_pipeline.megatron_io import indexed_dataset
 from data_pipeline.plan import ShardPlan
@@ -35,6 +38,10 @@ log = logging.getLogger(__name__)
 VERIFY_LATER_CHARS = 16384
 """Size limit of the one document per later batch checked against SentencePiece (keeps the check
 at a few percent of the encoding time)."""
+LOSS_MASK = ".loss_mask"
+"""Suffix of a token shard's prefix that names its loss-mask dataset (shard_00000.loss_mask)."""
+SHARD_SUFFIXES = (".bin", ".idx", f"{LOSS_MASK}.bin", f"{LOSS_MASK}.idx")
+"""Files of one shard (the loss-mask pair only for instruction data)."""
 KEEP_EXAMPLES = 20
 """Examples per skip reason kept in a done record (the manifest keeps input.max_examples)."""
 
@@ -62,6 +69,10 @@ class Result:
     bad: list[tuple[int, str]]
     num_bytes: int
     mismatch: bool = False
+    mask: np.ndarray | None = None
+    """Instruction data: the loss mask aligned with `ids` (uint8, 1 = target)."""
+    truncated: int = 0
+    dropped: int = 0
 
 
 class EncoderMismatch(RuntimeError):
@@ -71,11 +82,23 @@ class EncoderMismatch(RuntimeError):
 _WORKER: dict[str, Any] = {}
 
 
-def init_worker(model_path: str, encoder: str, text_key: str, eod: int, dtype: str) -> None:
-    """Pool initializer: load the tokenizer once per process."""
+def init_worker(
+    model_path: str, encoder: str, text_key: str, eod: int, dtype: str, instruct: Any = None
+) -> None:
+    """Pool initializer: load the tokenizer (and compile the chat template) once per process."""
     _WORKER.update(
         encoder=Encoder(model_path, encoder), text_key=text_key, eod=eod, dtype=np.dtype(dtype)
     )
+    _WORKER["instruct"] = instruct
+    if instruct is not None:
+        _WORKER["template"] = compile_template(instruct.template)
+
+
+def _encode_instruct(task: Task) -> Result:
+    """encode_task for instruction examples (SentencePiece, with loss masks)."""
+    w = _WORKER
+    args = (w["instruct"], w["template"], w["encoder"].sp, w["eod"], w["dtype"])
+    return Result(**vars(encode_examples(task.kinds, task.payloads, *args)))
 
 
 def _disagrees(encoder: Encoder, texts: list[str], encoded: list[list[int]], verify: int) -> bool:
@@ -91,6 +114,8 @@ def _disagrees(encoder: Encoder, texts: list[str], encoded: list[list[int]], ver
 
 def encode_task(task: Task) -> Result:
     """Parse and encode one batch (runs in a worker, or inline with workers=1)."""
+    if _WORKER["instruct"] is not None:
+        return _encode_instruct(task)
     encoder: Encoder = _WORKER["encoder"]
     texts, bad = [], []
     for i, (kind, payload) in enumerate(zip(task.kinds, task.payloads, strict=True)):
@@ -133,6 +158,8 @@ class ShardContext:
     verify_docs: int
     workers: int
     pool: Any = None
+    instruct: InstructSpec | None = None
+    """Instruction data (input.format=chat|prompt_completion): loss-mask shards are written."""
 
 
 def _batches(plan: ShardPlan, ctx: ShardContext, encoder: str) -> Iterator[Task]:
@@ -151,6 +178,8 @@ def _batches(plan: ShardPlan, ctx: ShardContext, encoder: str) -> Iterator[Task]
                 yield task
                 task = Task([], [], [], encoder, -1, 0)
         if seen == 0 and piece.start == 0 and (not src.splittable or src.size == 0):
+            if src.kind == "pyfuncs":  # a module without a documented function: nothing wrong
+                continue
             task.skips.append((len(task.payloads), "empty_file", src.path))
     if task.payloads or task.skips:
         yield task
@@ -191,9 +220,14 @@ class _Skips:
 
 
 def _write(plan: ShardPlan, ctx: ShardContext, encoder: str, tmp: str, tick: Callable) -> dict:
-    builder = indexed_dataset().IndexedDatasetBuilder(f"{tmp}.bin", dtype=np.dtype(ctx.dtype).type)
+    module = indexed_dataset()
+    builder = module.IndexedDatasetBuilder(f"{tmp}.bin", dtype=np.dtype(ctx.dtype).type)
+    masks = None
+    if ctx.instruct is not None:
+        masks = module.IndexedDatasetBuilder(f"{tmp}{LOSS_MASK}.bin", dtype=np.uint8)
     skips = _Skips(ctx.inp.on_error)
     stats = {"num_docs": 0, "num_tokens": 0, "num_bytes": 0}
+    counts = {"num_target_tokens": 0, "truncated": 0, "dropped": 0}
     try:
         for task, result in _ordered_results(_batches(plan, ctx, encoder), ctx):
             if result.mismatch:
@@ -205,20 +239,31 @@ def _write(plan: ShardPlan, ctx: ShardContext, encoder: str, tmp: str, tick: Cal
             offset = 0
             for length in result.lengths.tolist():
                 builder.add_document(result.ids[offset : offset + length], [length])
+                if masks is not None:
+                    masks.add_document(result.mask[offset : offset + length], [length])
                 offset += length
+            if masks is not None:
+                counts["num_target_tokens"] += int(result.mask.sum(dtype=np.int64))
+                counts["truncated"] += result.truncated
+                counts["dropped"] += result.dropped
             stats["num_docs"] += len(result.lengths)
             stats["num_tokens"] += len(result.ids)
             stats["num_bytes"] += result.num_bytes
             tick(task.raw_bytes, len(result.lengths), len(result.ids))
     finally:
         builder.data_file.close()
+        if masks is not None:
+            masks.data_file.close()
     builder.finalize(f"{tmp}.idx")
+    if masks is not None:
+        masks.finalize(f"{tmp}{LOSS_MASK}.idx")
+        stats.update(counts)
     stats["skipped"] = {"counts": skips.counts, "examples": skips.examples}
     return stats
 
 
 def _remove_tmp(tmp: str) -> None:
-    for suffix in (".bin", ".idx"):
+    for suffix in SHARD_SUFFIXES:
         if os.path.exists(tmp + suffix):
             os.remove(tmp + suffix)
 
@@ -252,6 +297,14 @@ def build_shard(plan: ShardPlan, ctx: ShardContext, encoder: str, tick: Callable
         _remove_tmp(tmp)
         record.update(bin_sha256=None, idx_sha256=None, empty=True)
     else:  # renames free no space; the done record below is written by write_atomic (guarded)
+        if ctx.instruct is not None:  # the mask first: a token shard never lacks its mask
+            os.replace(f"{tmp}{LOSS_MASK}.bin", f"{final}{LOSS_MASK}.bin")
+            os.replace(f"{tmp}{LOSS_MASK}.idx", f"{final}{LOSS_MASK}.idx")
+            record["loss_mask"] = {
+                "prefix": f"{plan.prefix}{LOSS_MASK}",
+                "bin_sha256": sha256_file(f"{final}{LOSS_MASK}.bin"),
+                "idx_sha256": sha256_file(f"{final}{LOSS_MASK}.idx"),
+            }
         os.replace(f"{tmp}.bin", f"{final}.bin")
         os.replace(f"{tmp}.idx", f"{final}.idx")
         record.update(
@@ -280,9 +333,15 @@ def verify_done(plan: ShardPlan, ctx: ShardContext) -> dict | None:
         return None
     if record.get("empty"):
         return record
-    for suffix in ("bin", "idx"):
-        file = ctx.out_dir / f"{plan.prefix}.{suffix}"
-        if not file.is_file() or sha256_file(file) != record.get(f"{suffix}_sha256"):
+    checks = [
+        (f"{plan.prefix}.{suffix}", record.get(f"{suffix}_sha256")) for suffix in ("bin", "idx")
+    ]
+    if ctx.instruct is not None:
+        mask = record.get("loss_mask") or {}
+        checks += [(f"{mask.get('prefix')}.{s}", mask.get(f"{s}_sha256")) for s in ("bin", "idx")]
+    for name, sha in checks:
+        file = ctx.out_dir / name
+        if not file.is_file() or sha256_file(file) != sha:
             log.warning("%s: %s does not match its done record; rebuilding", plan.prefix, file.name)
             return None
     return record
@@ -333,7 +392,7 @@ def worker_count(asked: int, cpus: int, batches: int) -> int:
 
 def make_pool(ctx: ShardContext, encoder: str) -> Any:
     """A Pool of ctx.workers processes (None for workers=1: encode inline)."""
-    args = (ctx.model_path, encoder, ctx.inp.text_key, ctx.eod, ctx.dtype)
+    args = (ctx.model_path, encoder, ctx.inp.text_key, ctx.eod, ctx.dtype, ctx.instruct)
     init_worker(*args)  # the inline path and verification reruns use the main process's copy
     if ctx.workers == 1:
         return None

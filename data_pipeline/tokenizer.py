@@ -71,9 +71,13 @@ def _chunks(texts: Iterable[str]) -> Iterator[str]:
             yield "".join(current)
 
 
-def train_options(cfg: TokenizerConfig) -> dict[str, Any]:
-    """SentencePiece trainer options: Llama-style, safe for code (no whitespace collapsing)."""
-    return {
+def train_options(cfg: TokenizerConfig, special_tokens: Iterable[str] = ()) -> dict[str, Any]:
+    """SentencePiece trainer options: Llama-style, safe for code (no whitespace collapsing).
+
+    `special_tokens` (a chat template's markers) become user_defined_symbols: one piece each,
+    always matched whole.
+    """
+    options = {
         "vocab_size": cfg.vocab_size,
         "model_type": cfg.type,
         "character_coverage": cfg.character_coverage,
@@ -92,16 +96,23 @@ def train_options(cfg: TokenizerConfig) -> dict[str, Any]:
         "max_sentence_length": TRAIN_CHUNK_CHARS * 4,
         "minloglevel": 2,
     }
+    if special_tokens:
+        options["user_defined_symbols"] = list(special_tokens)
+    return options
 
 
-def train_model(cfg: TokenizerConfig, texts: Iterable[str]) -> bytes:
-    """Train a SentencePiece model on `texts` and return the serialized model."""
+def train_model(
+    cfg: TokenizerConfig, texts: Iterable[str], special_tokens: Iterable[str] = ()
+) -> bytes:
+    """Train a SentencePiece model on `texts` (reserving `special_tokens`); return the model."""
     import sentencepiece as spm
 
     model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=_chunks(texts), model_writer=model, **train_options(cfg)
+            sentence_iterator=_chunks(texts),
+            model_writer=model,
+            **train_options(cfg, special_tokens),
         )
     except RuntimeError as e:
         raise ConfigError(_training_error(cfg, str(e))) from e

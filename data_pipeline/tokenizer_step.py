@@ -25,6 +25,9 @@ from typing import Any
 from data_pipeline import tokenizer as tk
 from data_pipeline.config import InputConfig, PrepareConfig, TokenizerConfig
 from data_pipeline.errors import OutputError
+from data_pipeline.instruct import setup as instruct
+from data_pipeline.instruct.examples import InstructSpec, training_text
+from data_pipeline.instruct.templates import compile_template
 from data_pipeline.listing import Source
 from data_pipeline.manifest import MANIFEST
 from data_pipeline.megatron_io import INDEXED_DATASET, WriterImport
@@ -73,12 +76,17 @@ def _training_texts(
     keep = min(1.0, tok.sample_bytes / max(estimate, 1))
     rng = random.Random(tok.seed)
     taken = 0
+    spec = _spec(inp)
+    compiled = compile_template(spec.template) if spec is not None else None
     for src in sources:
         for _, payload in iter_records(src, inp):
             progress.tick(len(payload) if isinstance(payload, bytes) else 0, 1, 0)
             if rng.random() >= keep:
                 continue
-            text, _ = parse_record(src.record_kind, payload, inp.text_key)
+            if spec is not None:  # an instruction example: its rendered text, markers removed
+                text = training_text(src.record_kind, payload, spec, compiled)
+            else:
+                text, _ = parse_record(src.record_kind, payload, inp.text_key)
             if text is None:
                 continue
             yield text
@@ -89,17 +97,22 @@ def _training_texts(
             progress.tick(src.size, 0, 0)
 
 
+def _spec(inp: InputConfig) -> InstructSpec | None:
+    template = instruct.template_of(inp)
+    return instruct.spec_of(inp, template) if template is not None else None
+
+
 def _train_fingerprint(cfg: PrepareConfig, sources: list[Source]) -> dict[str, Any]:
     import sentencepiece
 
     inp, tok = cfg.input, cfg.tokenizer
     return {
-        "options": tk.train_options(tok),
+        "options": tk.train_options(tok, instruct.special_tokens(inp)),
         "sample_bytes": tok.sample_bytes,
         "seed": tok.seed,
         "sentencepiece": sentencepiece.__version__,
         "inputs": [[s.path, s.size, s.record_kind] for s in sources],
-        "read": [inp.text_key, inp.hf_split],
+        "read": [inp.text_key, inp.hf_split, *instruct.fingerprint_settings(_spec(inp)).values()],
     }
 
 
@@ -109,7 +122,8 @@ def train_on_sample(cfg: PrepareConfig, sources: list[Source]) -> tuple[bytes, f
     progress = Progress(total, "tokenizer sample", cfg.progress, show_tokens=False)
     try:
         texts = _training_texts(sources, cfg.input, cfg.tokenizer, progress)
-        return tk.train_model(cfg.tokenizer, texts), time.monotonic()
+        special = instruct.special_tokens(cfg.input)
+        return tk.train_model(cfg.tokenizer, texts, special), time.monotonic()
     finally:
         progress.close()
 

@@ -157,8 +157,9 @@ class DataConfig:
     """Also check every shard's sha256 from the manifest (slow for big data). Shard sizes are
     always checked against their .idx."""
     valid_paths: list[str] | None = None
-    """Data directories whose documents all form the validation split (e.g. a held-out split
-    prepared separately); data.split's valid share then goes unused. None = data.split."""
+    """objective=sft: data directories whose documents all form the validation split (e.g. a
+    held-out split prepared separately); data.split's valid share then goes unused. None =
+    data.split."""
 
 
 @dataclass
@@ -265,6 +266,9 @@ class EvalConfig:
     """Validate every N steps (0 = never; the end of training always validates)."""
     iters: int = 2
     """Validation batches (of global_batch_size sequences) per evaluation."""
+    at_start: bool = False
+    """Also validate once before the first step of a run that starts at step 0 (a `step 0`
+    row in metrics.jsonl): the starting model's loss, e.g. a fine-tuning's base model."""
 
 
 @dataclass

@@ -15,7 +15,7 @@ import torch
 
 from pretrain.checkpoint.saver import Saver
 from pretrain.config import PretrainConfig
-from pretrain.data import SentencePieceTokenizer, micro_batches
+from pretrain.data import BATCH_KEYS, SentencePieceTokenizer, micro_batches
 from pretrain.faults import PreemptionHandler
 from pretrain.metrics import NullLogger, RunLogger
 from pretrain.parallel import DistInfo
@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 Batch = dict[str, torch.Tensor]
-"""One micro-batch: tokens, labels, loss_mask, position_ids ([micro_batch, seq_length])."""
+"""One micro-batch: tokens, labels, loss_mask, position_ids ([micro_batch, seq_length]);
+objective=sft adds segment_ids (which example each position belongs to)."""
 
 
 @dataclass
@@ -71,6 +72,17 @@ class TrainContext:
     """This DP rank's micro-batches, positioned at state.consumed_samples."""
     sample_text: str | None = None
     """The end-of-run sample, once generated."""
+    sft_attention: str | None = None
+    """objective=sft: how examples are kept apart, `pretrain.sft.attention.ATTENTION_KINDS`
+    (dense block-diagonal mask, TE thd packed sequences, or plain causal for pack=false);
+    None = objective=lm."""
+
+    @property
+    def batch_keys(self) -> tuple[str, ...]:
+        """The tensors of one micro-batch (sft adds the examples' segment ids)."""
+        if self.sft_attention is None:
+            return BATCH_KEYS
+        return (*BATCH_KEYS, "segment_ids")
 
     @property
     def run_dir(self) -> Path:
@@ -95,4 +107,5 @@ class TrainContext:
             self.cfg.train.micro_batch_size,
             self.dist.dp_rank,
             self.dist.dp_size,
+            self.batch_keys,
         )

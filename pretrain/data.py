@@ -163,8 +163,17 @@ def _drop_empty_splits(config: Any, manifests: list[dict[str, Any]]) -> None:
             break
 
 
+BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
+"""The tensors of a pretraining micro-batch."""
+
+
 def micro_batches(
-    dataset: Any, start_sample: int, micro_batch_size: int, dp_rank: int, dp_size: int
+    dataset: Any,
+    start_sample: int,
+    micro_batch_size: int,
+    dp_rank: int,
+    dp_size: int,
+    keys: tuple[str, ...] = BATCH_KEYS,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Endless micro-batches for one DP rank, Megatron's pretraining-sampler order.
 
@@ -178,10 +187,7 @@ def micro_batches(
         first = position + dp_rank * micro_batch_size
         items = [dataset[(first + j) % size] for j in range(micro_batch_size)]
         position += micro_batch_size * dp_size
-        yield {
-            key: torch.stack([item[key] for item in items])
-            for key in ("tokens", "labels", "loss_mask", "position_ids")
-        }
+        yield {key: torch.stack([item[key] for item in items]) for key in keys}
 
 
 def dataset_num_samples(
@@ -193,6 +199,7 @@ def dataset_num_samples(
 
 
 __all__ = [
+    "BATCH_KEYS",
     "SentencePieceTokenizer",
     "build_blend",
     "build_datasets",

@@ -37,11 +37,15 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_manifest(directory: str | Path, index: int = 0) -> dict[str, Any]:
-    """Parse `<directory>/manifest.json` (+ key "sha256" of its bytes, "dir" absolute path)."""
+def read_manifest(directory: str | Path, index: int = 0, key: str = "data.paths") -> dict[str, Any]:
+    """Parse `<directory>/manifest.json` (+ key "sha256" of its bytes, "dir" absolute path).
+
+    `key` names the config list the directory comes from in messages (data.paths or
+    data.valid_paths).
+    """
     root = Path(directory)
     path = root / "manifest.json"
-    key = f"data.paths[{index}]={directory}"
+    key = f"{key}[{index}]={directory}"
     if not path.is_file():
         hint = (
             f"run `python -m data_pipeline output.dir={root}` first"
@@ -67,21 +71,60 @@ def read_manifest(directory: str | Path, index: int = 0) -> dict[str, Any]:
     return manifest
 
 
+def read_valid_manifests(data_cfg: DataConfig) -> list[dict[str, Any]] | None:
+    """The parsed manifests of data.valid_paths (None when it is not set)."""
+    if data_cfg.valid_paths is None:
+        return None
+    return [read_manifest(p, i, "data.valid_paths") for i, p in enumerate(data_cfg.valid_paths)]
+
+
+def _check_same_tokenizer(
+    manifests: list[dict[str, Any]], paths: list[str], key: str, first: dict[str, Any]
+) -> None:
+    for i, manifest in enumerate(manifests):
+        if manifest["tokenizer"]["sha256"] != first["sha256"]:
+            raise ConfigError(
+                f"{key}[{i}]={paths[i]} was tokenized with a different tokenizer "
+                f"(sha256 {manifest['tokenizer']['sha256'][:12]}) than data.paths[0] "
+                f"({first['sha256'][:12]}); prepare all directories with the same tokenizer.model"
+            )
+
+
+def _check_instruct(manifests: list[dict[str, Any]], paths: list[str], key: str) -> None:
+    for i, manifest in enumerate(manifests):
+        if "instruct" not in manifest:
+            raise ConfigError(
+                f"{key}[{i}]={paths[i]}: objective=sft needs instruction data, but this is "
+                'pretraining data (its manifest.json has no "instruct" block, so no loss '
+                "masks); prepare it with `python -m data_pipeline input.format=chat` (or "
+                "input.format=prompt_completion), or train it with objective=lm"
+            )
+
+
 def check_manifests(
-    data_cfg: DataConfig, model_cfg: ModelConfig, verify_files: bool = True
+    data_cfg: DataConfig,
+    model_cfg: ModelConfig,
+    verify_files: bool = True,
+    objective: str = "lm",
 ) -> list[dict[str, Any]]:
-    """Read every data.paths manifest and check tokenizers and files; return the manifests."""
+    """Read every data.paths manifest and check tokenizers and files; return the manifests.
+
+    data.valid_paths, when set, are checked the same way (their manifests are not returned,
+    see `read_valid_manifests`). objective=sft: every directory must be instruction data
+    (an `instruct` block) and its loss-mask files must match the token shards.
+    """
     if not data_cfg.paths:
         raise ConfigError("data.paths is empty; give at least one data directory")
     manifests = [read_manifest(p, i) for i, p in enumerate(data_cfg.paths)]
     first = manifests[0]["tokenizer"]
-    for i, manifest in enumerate(manifests[1:], start=1):
-        if manifest["tokenizer"]["sha256"] != first["sha256"]:
-            raise ConfigError(
-                f"data.paths[{i}]={data_cfg.paths[i]} was tokenized with a different tokenizer "
-                f"(sha256 {manifest['tokenizer']['sha256'][:12]}) than data.paths[0] "
-                f"({first['sha256'][:12]}); prepare all directories with the same tokenizer.model"
-            )
+    _check_same_tokenizer(manifests, list(data_cfg.paths), "data.paths", first)
+    valid = read_valid_manifests(data_cfg) or []
+    valid_paths = list(data_cfg.valid_paths or [])
+    _check_same_tokenizer(valid, valid_paths, "data.valid_paths", first)
+    sft = objective == "sft"
+    if sft:
+        _check_instruct(manifests, list(data_cfg.paths), "data.paths")
+        _check_instruct(valid, valid_paths, "data.valid_paths")
     vocab = int(first["vocab_size"])
     if model_cfg.vocab_size is not None and model_cfg.vocab_size != vocab:
         raise ConfigError(
@@ -91,8 +134,12 @@ def check_manifests(
             f"of {model_cfg.vocab_size} pieces"
         )
     if verify_files:
-        for i, manifest in enumerate(manifests):
-            _check_files(manifest, i, data_cfg.verify_checksums)
+        for key, group in (("data.paths", manifests), ("data.valid_paths", valid)):
+            for i, manifest in enumerate(group):
+                where = f"{key}[{i}]"
+                _check_files(manifest, where, data_cfg.verify_checksums)
+                if sft:
+                    check_loss_masks(manifest, where, data_cfg.verify_checksums)
     return manifests
 
 
@@ -104,32 +151,31 @@ def _reprepare_hint(root: Path) -> str:
     )
 
 
-def _check_files(manifest: dict[str, Any], index: int, checksums: bool) -> None:
+def _check_files(manifest: dict[str, Any], where: str, checksums: bool) -> None:
     root = Path(manifest["dir"])
     tok = root / manifest["tokenizer"]["path"]
     if not tok.is_file():
-        raise ConfigError(f"data.paths[{index}]: tokenizer {tok} is missing")
+        raise ConfigError(f"{where}: tokenizer {tok} is missing")
     if _sha256(tok) != manifest["tokenizer"]["sha256"]:
         raise ConfigError(
-            f"data.paths[{index}]: {tok} does not match the sha256 in its manifest.json; "
+            f"{where}: {tok} does not match the sha256 in its manifest.json; "
             "the directory was modified after preparation, re-run data preparation"
         )
     for shard in manifest["shards"]:
         for ext in (".bin", ".idx"):
             path = root / f"{shard['prefix']}{ext}"
             if not path.is_file():
-                raise ConfigError(f"data.paths[{index}]: shard file {path} is missing")
+                raise ConfigError(f"{where}: shard file {path} is missing")
         problem = shard_size_problem(root / shard["prefix"], shard.get("num_docs"))
         if problem:
-            raise ConfigError(f"data.paths[{index}]: {problem}; {_reprepare_hint(root)}")
+            raise ConfigError(f"{where}: {problem}; {_reprepare_hint(root)}")
         if checksums:
             for ext in (".bin", ".idx"):
                 path = root / f"{shard['prefix']}{ext}"
                 want = shard.get(f"{ext[1:]}_sha256")
                 if want and _sha256(path) != want:
                     raise ConfigError(
-                        f"data.paths[{index}]: {path} fails its manifest sha256 check; "
-                        f"{_reprepare_hint(root)}"
+                        f"{where}: {path} fails its manifest sha256 check; {_reprepare_hint(root)}"
                     )
 
 
@@ -186,3 +232,62 @@ def shard_size_problem(prefix: Path, num_docs: int | None = None) -> str | None:
     if bin_size != want_bin:
         return f"{bin_path} has {bin_size} bytes but its index {idx.name} says {want_bin}"
     return None
+
+
+def _sequence_lengths(idx: Path, sequences: int):
+    import numpy as np
+
+    return np.fromfile(idx, dtype="<i4", count=sequences, offset=IDX_HEADER_BYTES)
+
+
+def _loss_mask_problem(root: Path, shard: dict[str, Any]) -> str | None:
+    """What is wrong with a shard's loss-mask dataset against its token shard (None: fine)."""
+    info = shard.get("loss_mask")
+    if not isinstance(info, dict) or "prefix" not in info:
+        return f'shard {shard["prefix"]} has no "loss_mask" entry in manifest.json'
+    prefix = root / info["prefix"]
+    for ext in (".bin", ".idx"):
+        if not Path(f"{prefix}{ext}").is_file():
+            return f"loss-mask file {prefix}{ext} is missing"
+    problem = shard_size_problem(prefix, shard.get("num_docs"))
+    if problem:
+        return problem
+    header = _read_idx_header(Path(f"{prefix}.idx"))
+    tokens = _read_idx_header(root / f"{shard['prefix']}.idx")
+    assert not isinstance(header, str) and not isinstance(tokens, str)  # checked above
+    if header[0] != 1:
+        return f"{prefix}.idx is not a uint8 loss mask (its dtype has {header[0]} bytes)"
+    if header[1] != tokens[1]:
+        return (
+            f"{prefix}.idx holds {header[1]} documents, its token shard "
+            f"{shard['prefix']}.idx {tokens[1]}"
+        )
+    mask_lengths = _sequence_lengths(Path(f"{prefix}.idx"), header[1])
+    token_lengths = _sequence_lengths(root / f"{shard['prefix']}.idx", tokens[1])
+    differ = (mask_lengths != token_lengths).nonzero()[0]
+    if len(differ):
+        doc = int(differ[0])
+        return (
+            f"{prefix}.idx: document {doc} has {int(mask_lengths[doc])} mask values but "
+            f"{int(token_lengths[doc])} tokens in {shard['prefix']}.bin"
+        )
+    return None
+
+
+def check_loss_masks(manifest: dict[str, Any], where: str, checksums: bool) -> None:
+    """The loss-mask dataset of every shard exists, is uint8, and matches the token shard's
+    document count and lengths; with `checksums`, also its manifest sha256s."""
+    root = Path(manifest["dir"])
+    for shard in manifest["shards"]:
+        problem = _loss_mask_problem(root, shard)
+        if problem:
+            raise ConfigError(f"{where}: {problem}; {_reprepare_hint(root)}")
+        if not checksums:
+            continue
+        for ext in (".bin", ".idx"):
+            path = root / f"{shard['loss_mask']['prefix']}{ext}"
+            want = shard["loss_mask"].get(f"{ext[1:]}_sha256")
+            if want and _sha256(path) != want:
+                raise ConfigError(
+                    f"{where}: {path} fails its manifest sha256 check; {_reprepare_hint(root)}"
+                )

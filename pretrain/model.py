@@ -41,8 +41,14 @@ def build_transformer_config(
     precision: Precision = "fp32",
     activation_recompute: str = "none",
     use_cpu_initialization: bool | None = None,
+    calculate_per_token_loss: bool = False,
 ):
-    """Map our ModelConfig/ParallelConfig onto megatron's TransformerConfig (1:1 names)."""
+    """Map our ModelConfig/ParallelConfig onto megatron's TransformerConfig (1:1 names).
+
+    `calculate_per_token_loss` (objective=sft): megatron's per-token loss path, the loss
+    function returns (sum, token count) and gradients are divided by the global batch's target
+    tokens (see pretrain/sft/loss.py); False keeps the per-micro-batch mean of objective=lm.
+    """
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     dtype = torch_dtype(precision)
@@ -90,6 +96,7 @@ def build_transformer_config(
         # isend/irecv of megatron mixes activations and gradients when two pipeline ranks talk
         # both ways (interleaved PP=2). The unbatched path keeps the directions apart.
         batch_p2p_comm=torch.cuda.is_available(),
+        calculate_per_token_loss=calculate_per_token_loss,
         **recompute,
     )
 
@@ -176,6 +183,7 @@ def build_model(
     precision: Precision = "fp32",
     activation_recompute: str = "none",
     use_cpu_initialization: bool | None = None,
+    calculate_per_token_loss: bool = False,
 ) -> list[torch.nn.Module]:
     """Build this rank's GPTModel chunks (one per virtual pipeline stage), unwrapped.
 
@@ -189,7 +197,12 @@ def build_model(
     from megatron.core.models.gpt import GPTModel
 
     config = build_transformer_config(
-        model_cfg, parallel_cfg, precision, activation_recompute, use_cpu_initialization
+        model_cfg,
+        parallel_cfg,
+        precision,
+        activation_recompute,
+        use_cpu_initialization,
+        calculate_per_token_loss,
     )
     layer_spec, final_norm = build_layer_spec(config)
     padded = model_cfg.padded_vocab_size(vocab_size, parallel_cfg.tensor_model_parallel_size)

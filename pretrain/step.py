@@ -9,6 +9,11 @@ gradient norm (same decision on every rank: both are reduced over all ranks) ski
 no optimizer step, no scheduler step, gradients are discarded (zeroed at the next step); the
 step and the data it consumed still count. `PRETRAIN_INJECT_NAN_AT_STEP=K` or `K1,K2` (a testing
 aid) makes the loss of those steps NaN.
+
+objective=sft (`ctx.sft_attention` set) runs `pretrain.sft.loss.sft_forward_step` instead: the
+loss of a step is the mean over the target tokens of the whole global batch (sum / count over
+all micro-batches and DP ranks, megatron's per-token path), and evaluation averages the same way
+over all its batches.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ class StepResult:
     data_s: float
     fwd_bwd_s: float
     optim_s: float
+    target_tokens: int | None = None
+    """objective=sft: loss-mask-1 labels of the global batch (None for objective=lm)."""
 
 
 def _loss_func(loss_mask: torch.Tensor, nan: bool, output_tensor: torch.Tensor):
@@ -78,6 +85,26 @@ def average_loss(losses: list[dict[str, torch.Tensor]], device: torch.device) ->
     return float(buf[0] / buf[1])
 
 
+def _step_func(ctx: TrainContext, nan: bool = False) -> Any:
+    """The forward_step_func of the run's objective."""
+    if ctx.sft_attention is None:
+        return partial(forward_step, nan=nan)
+    from pretrain.sft.loss import sft_forward_step
+
+    return partial(sft_forward_step, kind=ctx.sft_attention, nan=nan)
+
+
+def reduce_losses(
+    ctx: TrainContext, losses: list[dict[str, torch.Tensor]]
+) -> tuple[float, int | None]:
+    """(step loss, target tokens): lm's mean of micro-batch means, or sft's token mean."""
+    if ctx.sft_attention is None:
+        return average_loss(losses, ctx.device), None
+    from pretrain.sft.loss import reduce_token_loss
+
+    return reduce_token_loss(losses, ctx.device, ctx.dist.dp_size)
+
+
 def _all_finite(value: float) -> bool:
     return math.isfinite(value)
 
@@ -110,13 +137,16 @@ def _run_schedule(
     """megatron's forward-backward schedule (micro-batches, pipeline) over `batches`."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
+    seq_length, micro_batch_size = ctx.cfg.train.seq_length, ctx.cfg.train.micro_batch_size
+    if ctx.sft_attention == "thd":  # a micro-batch is one row of b x s tokens (pipeline shapes)
+        seq_length, micro_batch_size = seq_length * micro_batch_size, 1
     return get_forward_backward_func()(
         forward_step_func=step_func,
         data_iterator=[iter(batches) for _ in ctx.model],
         model=ctx.model,
         num_microbatches=ctx.num_microbatches,
-        seq_length=ctx.cfg.train.seq_length,
-        micro_batch_size=ctx.cfg.train.micro_batch_size,
+        seq_length=seq_length,
+        micro_batch_size=micro_batch_size,
         forward_only=forward_only,
     )
 
@@ -130,8 +160,8 @@ def train_step(ctx: TrainContext) -> StepResult:
         chunk.zero_grad_buffer()
     ctx.optimizer.zero_grad()
     nan = ctx.state.step + 1 in _nan_steps()
-    losses = _run_schedule(ctx, batches, partial(forward_step, nan=nan), forward_only=False)
-    loss = average_loss(losses, ctx.device)
+    losses = _run_schedule(ctx, batches, _step_func(ctx, nan), forward_only=False)
+    loss, target_tokens = reduce_losses(ctx, losses)
     t2 = time.perf_counter()
     lr = float(ctx.optimizer.param_groups[0]["lr"])
     overflow = bool(ctx.optimizer.prepare_grads())
@@ -157,6 +187,7 @@ def train_step(ctx: TrainContext) -> StepResult:
         data_s=t1 - t0,
         fwd_bwd_s=t2 - t1,
         optim_s=t3 - t2,
+        target_tokens=target_tokens,
     )
 
 
@@ -168,12 +199,16 @@ def evaluate(ctx: TrainContext) -> float | None:
     iterator = ctx.make_valid_iterator()
     for chunk in ctx.model:
         chunk.eval()
-    total = 0.0
+    total, all_losses = 0.0, []
     with torch.no_grad():
         for _ in range(cfg.eval.iters):
             batches = _next_batches(iterator, ctx.num_microbatches, ctx.device)
-            losses = _run_schedule(ctx, batches, forward_step, forward_only=True)
-            total += average_loss(losses, ctx.device)
+            losses = _run_schedule(ctx, batches, _step_func(ctx), forward_only=True)
+            if ctx.sft_attention is None:
+                total += average_loss(losses, ctx.device)
+            all_losses.extend(losses)
     for chunk in ctx.model:
         chunk.train()
+    if ctx.sft_attention is not None:  # the mean over every target token of all eval batches
+        return reduce_losses(ctx, all_losses)[0]
     return total / cfg.eval.iters

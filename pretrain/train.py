@@ -40,6 +40,7 @@ from pretrain.peft import apply_peft
 from pretrain.progress import StepMeter, progress_fields
 from pretrain.run_lock import RunLock
 from pretrain.sample import generate
+from pretrain.sft.build import sft_attention
 from pretrain.step import StepResult, evaluate, train_step
 
 log = logging.getLogger("pretrain")
@@ -61,6 +62,7 @@ def _build_core(
         seq_length=t.seq_length,
         precision=cfg.precision,
         activation_recompute=t.activation_recompute,
+        calculate_per_token_loss=cfg.objective.name == "sft",
     )
     apply_peft(chunks, cfg.peft, cfg.seed)  # LoRA: adapters added, base frozen (before DDP)
     model = wrap_model(chunks, cfg.parallel, cfg.precision)
@@ -81,15 +83,21 @@ def _build_core(
         num_microbatches=t.global_batch_size // (t.micro_batch_size * dist.dp_size),
         padded_vocab_size=padded,
         flops_per_token=flops_per_token(cfg.model, padded, t.seq_length),
+        sft_attention=sft_attention(cfg),
     )
 
 
 def _build_data(ctx: TrainContext) -> None:
     cfg = ctx.cfg
     sizes = dataset_num_samples(ctx.max_steps, cfg.train.global_batch_size, 0, cfg.eval.iters)
-    datasets = build_datasets(
-        cfg.data, ctx.data_manifests, ctx.tokenizer, cfg.train.seq_length, cfg.seed, sizes
-    )
+    if ctx.sft_attention is None:
+        datasets = build_datasets(
+            cfg.data, ctx.data_manifests, ctx.tokenizer, cfg.train.seq_length, cfg.seed, sizes
+        )
+    else:
+        from pretrain.sft.build import build_run_datasets
+
+        datasets = build_run_datasets(cfg, ctx.data_manifests, ctx.sft_attention, sizes)
     ctx.train_dataset, ctx.valid_dataset = datasets[0], datasets[1]
     if ctx.valid_dataset is None and cfg.eval.iters > 0:
         log.warning("no validation split (data.split=%s): evaluation is off", cfg.data.split)
@@ -99,6 +107,7 @@ def _build_data(ctx: TrainContext) -> None:
         cfg.train.micro_batch_size,
         ctx.dist.dp_rank,
         ctx.dist.dp_size,
+        ctx.batch_keys,
     )
 
 
@@ -136,25 +145,28 @@ def counted_here(param: torch.nn.Parameter, dist: DistInfo) -> bool:
     return dist.tp_rank == 0 or bool(getattr(param, "tensor_model_parallel", False))
 
 
-def parameter_counts(ctx: TrainContext) -> tuple[int, list[int]]:
-    """(parameters of the whole model over all TP/PP ranks, each rank's local count).
+def parameter_counts(ctx: TrainContext) -> tuple[int, list[int], int]:
+    """(parameters of the whole model over all TP/PP ranks, each rank's local count, the
+    trainable ones of the whole model: fewer than the total with peft=lora).
 
-    Collective (every rank calls it): one all-reduce of a [world, 2] table.
+    Collective (every rank calls it): one all-reduce of a [world, 3] table.
     """
     d = ctx.dist
     params = [p for chunk in ctx.model for p in chunk.parameters()]
-    local = sum(p.numel() for p in params)
-    owned = sum(p.numel() for p in params if counted_here(p, d))
-    table = torch.zeros(d.world_size, 2, dtype=torch.int64, device=d.device)
-    table[d.rank, 0], table[d.rank, 1] = local, owned
+    owned = [p for p in params if counted_here(p, d)]
+    table = torch.zeros(d.world_size, 3, dtype=torch.int64, device=d.device)
+    table[d.rank, 0] = sum(p.numel() for p in params)
+    table[d.rank, 1] = sum(p.numel() for p in owned)
+    table[d.rank, 2] = sum(p.numel() for p in owned if p.requires_grad)
     if torch.distributed.is_initialized():
         torch.distributed.all_reduce(table)
-    return int(table[:, 1].sum()), [int(n) for n in table[:, 0].tolist()]
+    per_rank = [int(n) for n in table[:, 0].tolist()]
+    return int(table[:, 1].sum()), per_rank, int(table[:, 2].sum())
 
 
 def _log_banner(ctx: TrainContext) -> None:
     cfg, d = ctx.cfg, ctx.dist
-    total, per_rank = parameter_counts(ctx)
+    total, per_rank, trainable = parameter_counts(ctx)
     log.info(
         "run %s in %s | world %d = TP %d x PP %d x DP %d (%s, %s) | precision %s",
         cfg.run.name,
@@ -169,7 +181,7 @@ def _log_banner(ctx: TrainContext) -> None:
     )
     log.info(
         "model %s: %d layers, hidden %d, heads %d | params %d total (%.2fM), per rank "
-        "%.2fM-%.2fM (rank 0: %d) | vocab %d | "
+        "%.2fM-%.2fM (rank 0: %d), trainable %d (%.2f%%) | vocab %d | "
         "steps %d x %d seqs x %d tokens (%d micro-batches) | start step %d",
         cfg.model.name,
         cfg.model.num_layers,
@@ -180,6 +192,8 @@ def _log_banner(ctx: TrainContext) -> None:
         min(per_rank) / 1e6,
         max(per_rank) / 1e6,
         per_rank[0],
+        trainable,
+        100.0 * trainable / max(total, 1),
         ctx.tokenizer.vocab_size,
         ctx.max_steps,
         cfg.train.global_batch_size,
@@ -218,7 +232,18 @@ def _record(ctx: TrainContext, result: StepResult, meter: StepMeter) -> dict[str
         "fwd_bwd_s": result.fwd_bwd_s,
         "optim_s": result.optim_s,
         "mem_gib": memory_gib(),
+        **_sft_fields(ctx, result),
         **progress,
+    }
+
+
+def _sft_fields(ctx: TrainContext, result: StepResult) -> dict[str, Any]:
+    """objective=sft: the global batch's target tokens and their share of its tokens."""
+    if result.target_tokens is None:
+        return {}
+    return {
+        "target_tokens": result.target_tokens,
+        "packing_efficiency": result.target_tokens / ctx.tokens_per_step,
     }
 
 
@@ -276,6 +301,10 @@ def train(ctx: TrainContext) -> int:
     """The loop; returns the process exit code (0, or faults.EXIT_PREEMPTED)."""
     cfg = ctx.cfg
     meter = StepMeter()
+    if cfg.eval.at_start and ctx.state.step == 0:
+        record = _eval_record(ctx)
+        if record is not None:  # logged as the `step 0` row
+            ctx.logger.log(record)
     while ctx.state.step < _last_step(ctx):
         result = train_step(ctx)
         _account(ctx, result)

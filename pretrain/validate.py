@@ -214,6 +214,33 @@ def _check_misc(cfg: PretrainConfig) -> None:
     )
 
 
+def _check_objective(cfg: PretrainConfig) -> None:
+    """objective.* and the data keys whose meaning depends on the objective."""
+    o, d = cfg.objective, cfg.data
+    if o.name == "lm":
+        _require(
+            o.pack,
+            "objective.pack=false applies to objective=sft only (objective=lm always packs "
+            "documents across boundaries, megatron's GPTDataset); remove it or set objective=sft",
+        )
+        _require(
+            d.valid_paths is None,
+            f"data.valid_paths={list(d.valid_paths or [])} needs objective=sft (objective=lm "
+            "takes its validation split from data.split); set data.valid_paths=null",
+        )
+        return
+    _require(
+        d.weights is None,
+        f"data.weights={list(d.weights or [])} is not supported with objective=sft: every "
+        "example of every data.paths entry is visited once per epoch; set data.weights=null "
+        "(repeat a directory in data.paths to upweight it)",
+    )
+    _require(
+        d.valid_paths is None or len(d.valid_paths) > 0,
+        "data.valid_paths=[] is empty; give at least one data directory or null (= data.split)",
+    )
+
+
 def _check_data_split(split: str) -> None:
     try:
         shares = [float(x) for x in str(split).split(",")]
@@ -301,5 +328,6 @@ def validate(cfg: PretrainConfig, world_size: int | None = None) -> list[dict[st
     _check_batch(cfg, dp)
     _check_optim(cfg)
     _check_misc(cfg)
+    _check_objective(cfg)
     validate_peft(cfg)
-    return check_manifests(cfg.data, cfg.model)
+    return check_manifests(cfg.data, cfg.model, objective=cfg.objective.name)

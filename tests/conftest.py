@@ -59,3 +59,12 @@ def build_prepared_data(out_dir: Path, vocab_size: int = PREPARED_VOCAB_SIZE) ->
 def prepared_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A complete data directory (tokenizer.model, shards, manifest.json) for training tests."""
     return build_prepared_data(tmp_path_factory.mktemp("prepared") / "stdlib_small")
+
+
+@pytest.fixture(scope="session")
+def instruct_data(prepared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Instruction data (tests/sft/_data.py): two shards (40 + 30 prompt/completion examples)
+    with loss masks and `prepared_data`'s real tokenizer, for the SFT and LoRA runs."""
+    from tests.sft._data import build_instruct_dir
+
+    return build_instruct_dir(tmp_path_factory.mktemp("sft") / "instruct", prepared_data)

@@ -18,7 +18,8 @@ fallback past damaged ones, compatibility checks, restore), `state` (the sharded
 `meta` (meta.json and resume checks), `layout` (on-disk names, `latest`, completeness),
 `safety` (refusing files that run code), `verify` (checksums, damage checks, guarded reads),
 `finite` (NaN/Inf guards), `write_errors` (disk full), `collective` (agreeing across ranks),
-`async_save` (background writes), `weights` (model-only). See docs/checkpoints.md.
+`async_save` (background writes), `weights` (model-only), `adapters` (LoRA checkpoints: adapters
+only + a path/sha256 reference to the base). See docs/checkpoints.md.
 """
 
 from pretrain.checkpoint.errors import (

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pretrain import faults
-from pretrain.checkpoint import layout, meta, state, verify
+from pretrain.checkpoint import adapters, layout, meta, state, verify
 from pretrain.checkpoint.async_save import prepare_dist_checkpointing
 from pretrain.checkpoint.collective import world
 from pretrain.checkpoint.errors import CheckpointError, DamagedCheckpoint
@@ -157,6 +157,12 @@ def load_checkpoint(ctx: TrainContext, path: Path, weights_only: bool = False) -
     start = time.perf_counter()
     verify.inspect(path, ctx.cfg.checkpoint.verify_checksums)
     saved = meta.read_meta(path)
+    part = _model_part(ctx, saved, path, weights_only)
+    if part == "adapters":
+        _load_base(ctx, adapters.check_base(saved["peft"], path))
+        ctx.saver.peft_base = dict(saved["peft"]["base"])
+    elif part == "base":
+        ctx.saver.peft_base = adapters.base_record(path)
     vocab = meta.tokenizer_vocab(ctx.cfg, ctx.data_manifests)
     meta.check_compatible(saved, path, ctx.cfg, ctx.data_manifests, vocab, weights_only)
     for note in [] if weights_only else meta.resume_changes(saved, ctx.cfg):
@@ -172,13 +178,13 @@ def load_checkpoint(ctx: TrainContext, path: Path, weights_only: bool = False) -
             ctx.dist.layout_str(),
         )
     request = state.build_load_request(
-        ctx, weights_only, with_rng=same_layout, rng_keys=saved.get("rng_keys")
+        ctx, weights_only, with_rng=same_layout, rng_keys=saved.get("rng_keys"), part=part
     )
     loaded = verify.read_tensors(request, path)
     if not weights_only:
         loaded.setdefault("train_state", saved["train_state"])
     configured = meta.schedule_of(ctx.scheduler)
-    state.apply_loaded(ctx, loaded, weights_only)
+    state.apply_loaded(ctx, loaded, weights_only, part)
     if not weights_only:
         _copy_state(ctx.state, loaded["train_state"])
         restored = meta.schedule_of(ctx.scheduler)
@@ -193,6 +199,46 @@ def load_checkpoint(ctx: TrainContext, path: Path, weights_only: bool = False) -
         ctx.state.consumed_samples,
     )
     return saved
+
+
+def _model_part(ctx: TrainContext, saved: dict[str, Any], path: Path, weights_only: bool) -> str:
+    """Which model tensors to read from `path`: all (full runs), base or adapters (LoRA)."""
+    lora_now = state.model_part(ctx.model) == "adapters"
+    saved_peft = saved.get("peft")
+    if saved_peft and not lora_now:
+        raise CheckpointError(
+            f"{path} is a LoRA checkpoint (adapters only, on the base "
+            f"{(saved_peft.get('base') or {}).get('path')}): continue it with peft=lora, or "
+            "export the merged model with python -m pretrain.export_hf checkpoint=" + str(path)
+        )
+    if not lora_now:
+        return "all"
+    if saved_peft:
+        adapters.check_same_adapters(saved_peft, ctx.cfg.peft, path)
+        return "adapters"
+    if not weights_only:
+        raise CheckpointError(
+            f"{path} is a full checkpoint, not a LoRA one: peft=lora starts from a base only with "
+            "checkpoint.load=BASE checkpoint.weights_only=true (use another run.dir, or "
+            "checkpoint.resume=never)"
+        )
+    return "base"
+
+
+def _load_base(ctx: TrainContext, base: Path) -> None:
+    """Read a LoRA checkpoint's base weights (everything but the adapters) into the model."""
+    verify.inspect(base, ctx.cfg.checkpoint.verify_checksums)
+    saved = meta.read_meta(base)
+    if saved.get("peft"):
+        raise CheckpointError(f"LoRA base {base} is itself a LoRA checkpoint: not supported")
+    vocab = meta.tokenizer_vocab(ctx.cfg, ctx.data_manifests)
+    meta.check_compatible(saved, base, ctx.cfg, ctx.data_manifests, vocab, weights_only=True)
+    request = state.build_load_request(ctx, True, with_rng=False, part="base")
+    loaded = verify.read_tensors(request, base)
+    chunks = [state.unwrap(m) for m in ctx.model]
+    for i, chunk in enumerate(chunks):
+        state.load_model_part(chunk, loaded[state.model_key(i, len(chunks))], "base")
+    log.info("loaded the LoRA base %s", base)
 
 
 def _copy_state(target: TrainState, data: dict[str, Any]) -> None:

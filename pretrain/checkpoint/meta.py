@@ -181,7 +181,12 @@ def build_meta(
 
 
 def build_training_meta(ctx: TrainContext) -> dict[str, Any]:
-    """meta.json of the checkpoint a training run writes now."""
+    """meta.json of the checkpoint a training run writes now (LoRA: with `peft`)."""
+    extra: dict[str, Any] = {}
+    if ctx.cfg.peft.type != "none":
+        from pretrain.checkpoint.adapters import peft_record
+
+        extra["peft"] = peft_record(ctx.cfg.peft, ctx.saver.peft_base)
     return build_meta(
         ctx.cfg,
         train_state=ctx.state,
@@ -189,6 +194,7 @@ def build_training_meta(ctx: TrainContext) -> dict[str, Any]:
         tokenizer=tokenizer_of(ctx.data_manifests),
         data=data_fingerprint(ctx.cfg, ctx.data_manifests),
         vocab_size=tokenizer_vocab(ctx.cfg, ctx.data_manifests),
+        **extra,
     )
 
 

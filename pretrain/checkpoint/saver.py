@@ -51,6 +51,8 @@ class Saver:
     """Names of async saves started but not yet committed, oldest first."""
     blocking_s: list[float] = field(default_factory=list)
     """Seconds each async save blocked training."""
+    peft_base: dict[str, str] | None = None
+    """LoRA runs: {path, sha256} of the base checkpoint (recorded in meta.json `peft`)."""
 
 
 def maybe_save(ctx: TrainContext, force: bool = False) -> bool:

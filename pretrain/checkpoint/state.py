@@ -11,6 +11,9 @@ train_state                 TrainState.to_dict()                           (comm
 rng_state.<name>            this rank's RNG states as ShardedTensors of shape (world_size, n)
 ```
 
+A LoRA run (`peft=lora`) saves only the adapters' tensors under `model*` (`PARTS`: `adapters`)
+and reads its base's tensors (`base`) from the base checkpoint (`pretrain.checkpoint.adapters`).
+
 Everything is a tensor or a plain Python value, so the checkpoint loads without unpickling
 code: common.pt is read by `torch.load(weights_only=True)`, and no ShardedObject (which
 torch.distributed.checkpoint would unpickle with `weights_only=False`) is saved: the
@@ -79,15 +82,58 @@ def _is_extra_state(key: str) -> bool:
     return key.split("/")[0].endswith("_extra_state")
 
 
-def model_sharded_state_dict(model: list[torch.nn.Module]) -> dict[str, Any]:
-    """Sharded state dicts of all chunks, keyed `model` or `model0..N` (Megatron-LM's names)."""
+PARTS = ("all", "base", "adapters")
+"""Which model tensors a sharded state dict holds: everything, all but the LoRA adapters (a
+LoRA run reading its base), or the adapters alone (what a LoRA checkpoint stores)."""
+
+
+def _in_part(key: str, part: str) -> bool:
+    if part == "all":
+        return True
+    from pretrain.peft import is_adapter_key
+
+    return is_adapter_key(key) == (part == "adapters")
+
+
+def model_sharded_state_dict(model: list[torch.nn.Module], part: str = "all") -> dict[str, Any]:
+    """Sharded state dicts of all chunks, keyed `model` or `model0..N` (Megatron-LM's names).
+
+    `part` (see PARTS) keeps only the base tensors or only the LoRA adapters.
+    """
     chunks = [unwrap(m) for m in model]
     return {
         model_key(i, len(chunks)): _drop_empty_objects(
-            chunk.sharded_state_dict(metadata=_sd_metadata())
+            {
+                k: v
+                for k, v in chunk.sharded_state_dict(metadata=_sd_metadata()).items()
+                if _in_part(k, part)
+            }
         )
         for i, chunk in enumerate(chunks)
     }
+
+
+def model_part(model: list[torch.nn.Module]) -> str:
+    """The part a checkpoint of this model stores: `adapters` for a LoRA model, else `all`."""
+    from pretrain.peft import lora_enabled
+
+    return "adapters" if lora_enabled([unwrap(m) for m in model]) else "all"
+
+
+def load_model_part(chunk: torch.nn.Module, loaded: dict[str, Any], part: str) -> None:
+    """`load_state_dict` of one chunk from a (possibly partial) loaded state dict.
+
+    For `all` strict; for a part, the keys left missing must be exactly the other part's.
+    """
+    if part == "all":
+        chunk.load_state_dict(loaded, strict=True)
+        return
+    result = chunk.load_state_dict(loaded, strict=False)
+    wrong = [k for k in result.missing_keys if _in_part(k, part) and "_extra_state" not in k]
+    if wrong or result.unexpected_keys:
+        raise RuntimeError(
+            f"loading the {part} tensors: missing {wrong}, unexpected {result.unexpected_keys}"
+        )
 
 
 def inner_optimizers(optimizer: Any) -> list[Any]:
@@ -262,7 +308,7 @@ def rng_sharded_state_dict(states: dict[str, torch.Tensor]) -> dict[str, Any]:
 
 def build_save_state(ctx: TrainContext) -> dict[str, Any]:
     """The complete sharded state dict of a training context (see the module docstring)."""
-    model_sd = model_sharded_state_dict(ctx.model)
+    model_sd = model_sharded_state_dict(ctx.model, model_part(ctx.model))
     state: dict[str, Any] = dict(model_sd)
     state["optimizer"] = optimizer_sharded_state_dict(ctx.optimizer, model_sd, is_loading=False)
     state["opt_param_scheduler"] = ctx.scheduler.state_dict()
@@ -287,13 +333,19 @@ def select_rng(states: dict[str, torch.Tensor], saved: list[str] | None) -> dict
 
 
 def build_load_request(
-    ctx: TrainContext, weights_only: bool, with_rng: bool, rng_keys: list[str] | None = None
+    ctx: TrainContext,
+    weights_only: bool,
+    with_rng: bool,
+    rng_keys: list[str] | None = None,
+    part: str = "all",
 ) -> dict[str, Any]:
     """The sharded state dict describing what to read back (tensors are filled in place).
 
     `rng_keys`: the RNG components recorded in meta.json (None for older checkpoints = all).
+    `part`: the model tensors to read (PARTS; a LoRA run reads `base` from its base checkpoint
+    and `adapters` from its own).
     """
-    model_sd = model_sharded_state_dict(ctx.model)
+    model_sd = model_sharded_state_dict(ctx.model, part)
     request: dict[str, Any] = dict(model_sd)
     if not weights_only:
         request["optimizer"] = optimizer_sharded_state_dict(ctx.optimizer, model_sd, True)
@@ -302,11 +354,13 @@ def build_load_request(
     return request
 
 
-def apply_loaded(ctx: TrainContext, loaded: dict[str, Any], weights_only: bool) -> None:
+def apply_loaded(
+    ctx: TrainContext, loaded: dict[str, Any], weights_only: bool, part: str = "all"
+) -> None:
     """Copy a loaded state dict into the model, optimizer, scheduler and RNGs (not TrainState)."""
     chunks = [unwrap(m) for m in ctx.model]
     for i, chunk in enumerate(chunks):
-        chunk.load_state_dict(loaded[model_key(i, len(chunks))], strict=True)
+        load_model_part(chunk, loaded[model_key(i, len(chunks))], part)
     if weights_only:
         # Mixed precision keeps fp32 main copies of the weights: refresh them from the model.
         ctx.optimizer.reload_model_params()

@@ -17,21 +17,34 @@ from pretrain.checkpoint.async_save import prepare_dist_checkpointing
 
 
 def load_model_weights(
-    chunks: list[torch.nn.Module], ckpt_dir: Path, verify_checksums: bool = True
+    chunks: list[torch.nn.Module], ckpt_dir: Path, verify_checksums: bool = True, part: str = "all"
 ) -> None:
     """Fill `chunks` (unwrapped GPTModels of any layout) from a checkpoint's model state.
 
     The checkpoint is verified first (`verify.inspect`: files present and complete, checksums,
     nothing that would run code) and its tensors must be finite: a CheckpointError names the
     file otherwise. megatron reshards on load. Collective when torch.distributed runs several
-    processes.
+    processes. `part` (`state.PARTS`): all tensors, or a LoRA model's base or adapters.
     """
     verify.inspect(ckpt_dir, verify_checksums)
     prepare_dist_checkpointing()
-    request = state.model_sharded_state_dict(chunks)
+    request = state.model_sharded_state_dict(chunks, part)
     loaded = verify.read_tensors(request, ckpt_dir)
     for index, chunk in enumerate(chunks):
-        chunk.load_state_dict(loaded[state.model_key(index, len(chunks))], strict=True)
+        state.load_model_part(chunk, loaded[state.model_key(index, len(chunks))], part)
+
+
+def load_lora_model_weights(
+    chunks: list[torch.nn.Module], ckpt_dir: Path, saved: dict[str, Any], seed: int
+) -> None:
+    """A LoRA checkpoint into plain chunks: adapters added, its base (checked) then adapters."""
+    from pretrain.checkpoint import adapters
+    from pretrain.peft import apply_peft
+
+    apply_peft(chunks, adapters.peft_config_of(saved["peft"]), seed)
+    base = adapters.check_base(saved["peft"], ckpt_dir)
+    load_model_weights(chunks, base, part="base")
+    load_model_weights(chunks, ckpt_dir, part="adapters")
 
 
 def save_model_weights(

@@ -26,7 +26,7 @@ import torch
 from pretrain.checkpoint import layout, load_model_weights, meta
 from pretrain.checkpoint.meta import CheckpointError
 from pretrain.config import ConfigError, ModelConfig, ParallelConfig, SampleConfig
-from pretrain.hf import mapping
+from pretrain.hf import mapping, peft_format
 from pretrain.model import DTYPES
 from pretrain.sample import continuation
 
@@ -54,6 +54,13 @@ class ExportConfig:
     """After export, load the folder with transformers and log a greedy sample (None = skip)."""
     max_new_tokens: int = 24
     """Length of that sample."""
+    adapter_output: str | None = None
+    """LoRA checkpoints: also write the adapter alone in Hugging Face PEFT format
+    (adapter_config.json + adapter_model.safetensors) to this folder (None = skip). `output`
+    always gets the merged model (base + scale * B A)."""
+    adapter_base: str | None = None
+    """base_model_name_or_path written into adapter_config.json: the export of the base
+    checkpoint (`python -m pretrain.export_hf checkpoint=BASE output=...`) or a hub name."""
 
 
 def check_export_config(cfg: ExportConfig) -> None:
@@ -65,11 +72,15 @@ def check_export_config(cfg: ExportConfig) -> None:
             raise ConfigError(f"export_hf: {key}=... is required (see --help)")
 
 
-def load_megatron_model(ckpt_dir: Path) -> tuple[dict[str, Any], ModelConfig, torch.nn.Module]:
+def load_megatron_model(
+    ckpt_dir: Path, merge: bool = True
+) -> tuple[dict[str, Any], ModelConfig, torch.nn.Module]:
     """Build a TP1/PP1 GPTModel from meta.json's config and load the checkpoint into it.
 
     Returns (meta.json, the model's config, the model). Needs torch.distributed (a 1-process
-    gloo group is started if none exists).
+    gloo group is started if none exists). A LoRA checkpoint loads its recorded base (sha256
+    checked) and its adapters; with `merge` they are folded into the weights (`merge_lora_`),
+    else the model keeps them (base + adapters computed separately).
     """
     from pretrain import parallel
     from pretrain.model import build_model
@@ -81,7 +92,15 @@ def load_megatron_model(ckpt_dir: Path) -> tuple[dict[str, Any], ModelConfig, to
         parallel.init_distributed(ParallelConfig(), seed=saved["config"].get("seed", 1234))
     seq_length = saved["config"]["train"]["seq_length"]
     chunks = build_model(model_cfg, ParallelConfig(), vocab, seq_length, saved["precision"])
-    load_model_weights(chunks, ckpt_dir)
+    if saved.get("peft"):
+        from pretrain.checkpoint.weights import load_lora_model_weights
+        from pretrain.peft import merge_lora_
+
+        load_lora_model_weights(chunks, ckpt_dir, saved, saved["config"].get("seed", 1234))
+        if merge:
+            merge_lora_(chunks)
+    else:
+        load_model_weights(chunks, ckpt_dir)
     chunks[0].eval()
     return saved, model_cfg, chunks[0]
 
@@ -310,18 +329,21 @@ def export(cfg: ExportConfig) -> Path:
         raise CheckpointError(str(exc)) from exc
     out = Path(cfg.output).expanduser()
     check_output(out, cfg.overwrite)
+    adapter_out = Path(cfg.adapter_output).expanduser() if cfg.adapter_output else None
+    if adapter_out is not None:
+        check_output(adapter_out, cfg.overwrite)
     start = time.perf_counter()
-    saved, model_cfg, model = load_megatron_model(ckpt_dir)
+    saved, model_cfg, model = load_megatron_model(ckpt_dir, merge=False)
     dtype = DTYPES[saved["precision"] if cfg.dtype == "auto" else cfg.dtype]
+    if cfg.adapter_output and not saved.get("peft"):
+        raise ConfigError(
+            f"export_hf: adapter_output= needs a LoRA checkpoint; {ckpt_dir} is a full one"
+        )
+    adapter = peft_format.merge_for_export(saved, model_cfg, model, dtype, cfg, adapter_out)
     tok_path = find_tokenizer(cfg.tokenizer, ckpt_dir, saved)
     special = special_ids(tok_path)
     vocab = saved["arch"]["vocab_size"]
     hf_model, family = build_hf_model(model_cfg, vocab, model, special, dtype)
-    tmp = out.with_name(out.name + ".tmp-incomplete")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    hf_model.save_pretrained(str(tmp), safe_serialization=True)
-    write_tokenizer(tmp, tok_path, special, model_cfg.max_position_embeddings)
     info = {
         "source": str(ckpt_dir),
         "step": saved["step"],
@@ -329,10 +351,17 @@ def export(cfg: ExportConfig) -> Path:
         "dtype": str(dtype),
         "layout": saved["layout"],
     }
-    (tmp / "export_info.json").write_text(json.dumps(info, indent=2) + "\n")
-    if out.exists():
-        shutil.rmtree(out)  # an empty folder, or a previous export (see check_output)
-    tmp.rename(out)
+    if saved.get("peft"):
+        info["peft"] = {**saved["peft"], "merged": True}
+
+    def write_model(tmp: Path) -> None:
+        hf_model.save_pretrained(str(tmp), safe_serialization=True)
+        write_tokenizer(tmp, tok_path, special, model_cfg.max_position_embeddings)
+
+    _write_folder(out, write_model, info)
+    if adapter_out is not None and adapter is not None:
+        _write_folder(adapter_out, adapter, {**info, "peft": saved["peft"], "adapter_only": True})
+        log.info("wrote the LoRA adapter (PEFT format) to %s", adapter_out)
     log.info(
         "exported %s (step %d) as %s to %s in %.1fs",
         ckpt_dir,
@@ -342,6 +371,18 @@ def export(cfg: ExportConfig) -> Path:
         time.perf_counter() - start,
     )
     return out
+
+
+def _write_folder(out: Path, write: Any, info: dict[str, Any]) -> None:
+    """`write(tmp)` + export_info.json into `out` (a temporary name, renamed when complete)."""
+    tmp = out.with_name(out.name + ".tmp-incomplete")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    (tmp / "export_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    if out.exists():
+        shutil.rmtree(out)  # an empty folder, or a previous export (see check_output)
+    tmp.rename(out)
 
 
 def sample(
