@@ -341,28 +341,25 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         print(" | ".join(v.rjust(w) for v, w in zip(line, widths, strict=True)))
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line options (--smoke fills in --models/--steps/--warmup left unset)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """The options every training benchmark shares (bench/train.py, bench/finetune.py)."""
     parser.add_argument("--models", default=None, help="comma list (default: all for device)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per model")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 2)")
-    parser.add_argument("--data", default=None, help="data directory (manifest.json)")
-    parser.add_argument(
-        "--build-dir",
-        default=None,
-        help="without --data: build (once) and use the benchmark dataset here, never the demo "
-        f"dataset (default: the demo dataset if present, else {BUILD_DIR.relative_to(REPO)})",
-    )
     parser.add_argument("--gpu", action="store_true", help="GPU models (needs CUDA)")
     parser.add_argument("--smoke", action="store_true", help="--models tiny --steps 2 --warmup 1")
-    args = parser.parse_args(argv)
+
+
+def finish_model_args(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, cpu: dict, gpu: dict
+) -> argparse.Namespace:
+    """--smoke fills in --models/--steps/--warmup left unset; `args.names`: the chosen models."""
     if args.smoke:
         args.models = args.models or ("llama-1b" if args.gpu else "tiny")
         args.steps = args.steps or 2
         args.warmup = 1 if args.warmup is None else args.warmup
     args.warmup = 2 if args.warmup is None else args.warmup
-    table = GPU_MODELS if args.gpu else CPU_MODELS
+    table = gpu if args.gpu else cpu
     args.names = args.models.split(",") if args.models else list(table)
     unknown = [n for n in args.names if n not in table]
     if unknown:
@@ -370,6 +367,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.warmup < 1 or (args.steps is not None and args.steps < 1):
         parser.error("--warmup and --steps must be >= 1")
     return args
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options (--smoke fills in --models/--steps/--warmup left unset)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_model_args(parser)
+    parser.add_argument("--data", default=None, help="data directory (manifest.json)")
+    parser.add_argument(
+        "--build-dir",
+        default=None,
+        help="without --data: build (once) and use the benchmark dataset here, never the demo "
+        f"dataset (default: the demo dataset if present, else {BUILD_DIR.relative_to(REPO)})",
+    )
+    return finish_model_args(parser, parser.parse_args(argv), CPU_MODELS, GPU_MODELS)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -119,13 +119,7 @@ def parse_record(kind: str, payload: Any, text_key: str) -> tuple[str | None, st
     if isinstance(payload, Unreadable):
         return None, "unreadable_file"
     if kind == "jsonl":
-        try:
-            line = payload.decode("utf-8")
-        except UnicodeDecodeError:
-            return None, "invalid_utf8"
-        if not line.strip():
-            return None, "empty"
-        obj, reason = _parse_json(line, payload)
+        obj, reason = parse_json_line(payload)
         if reason is not None:
             return None, reason
         return _from_value(lookup(obj, text_key), text_key)

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 BASE_RUN=${DEMO_RUN:-demo}
 RUN=${FINETUNE_RUN:-demo-sft}
-STEPS=${FINETUNE_STEPS:-150}
+STEPS=${FINETUNE_STEPS:-200}
 BASE=checkpoints/$BASE_RUN
 TRAIN_DATA=checkpoints/data/stdlib_instruct
 HELDOUT_DATA=checkpoints/data/stdlib_instruct_heldout
@@ -32,7 +32,7 @@ step "1/4 prepare code-instruction pairs from the stdlib (train and held-out mod
 for SUBSET in train heldout; do
   OUT=$TRAIN_DATA; [[ $SUBSET == heldout ]] && OUT=$HELDOUT_DATA
   "$PY" -m data_pipeline input=stdlib_instruct input.subset="$SUBSET" output.dir="$OUT" \
-    tokenizer=pretrained tokenizer.model="$TOKENIZER"
+    tokenizer=pretrained tokenizer.model="$TOKENIZER" input.max_tokens=257 input.overlong=drop
 done
 "$PY" -m data_pipeline.inspect "$HELDOUT_DATA" --samples 1
 
@@ -42,7 +42,7 @@ rm -rf "checkpoints/$RUN"
   objective=sft peft=lora checkpoint.load="$BASE/latest" checkpoint.weights_only=true \
   "data.paths=[$TRAIN_DATA]" "data.valid_paths=[$HELDOUT_DATA]" run.name="$RUN" \
   train=demo train.seq_length=256 train.max_steps="$STEPS" train.log_interval=10 \
-  optim.lr=1e-3 optim.min_lr=1e-4 optim.warmup_steps=10 eval.at_start=true eval.interval=50 \
+  optim.lr=1e-2 optim.min_lr=1e-3 optim.warmup_steps=10 eval.at_start=true eval.interval=50 \
   eval.iters=4 sample.enabled=false
 "$PY" - "checkpoints/$RUN/metrics.jsonl" <<'PYEOF'
 import json, sys
@@ -70,8 +70,9 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 data = Path(sys.argv[1])
 manifest = json.loads((data / "manifest.json").read_text())
 shard = manifest["shards"][0]
-tokens = IndexedDataset(str(data / shard["prefix"]))[0]
-mask = IndexedDataset(str(data / shard["loss_mask"]["prefix"]))[0]
+tokens_ds = IndexedDataset(str(data / shard["prefix"]))  # keep: its arrays view the mmap
+mask_ds = IndexedDataset(str(data / shard["loss_mask"]["prefix"]))
+tokens, mask = tokens_ds[0], mask_ds[0]
 prompt = [int(t) for t, m in zip(tokens, mask) if m == 0]
 sp = spm.SentencePieceProcessor(model_file=str(data / manifest["tokenizer"]["path"]))
 sys.stdout.write(sp.decode(prompt) + ".")  # "." keeps the trailing newline through $(...)
