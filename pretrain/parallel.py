@@ -1,7 +1,8 @@
 """Process groups: torch.distributed + megatron parallel_state, seeds, teardown.
 
 gloo on CPU (with the `pretrain.compat` patches), nccl on GPU. Works under torchrun (RANK,
-WORLD_SIZE, MASTER_ADDR/PORT from the environment) and as a single plain process.
+WORLD_SIZE, MASTER_ADDR/PORT from the environment) and as a single plain process (an in-process
+store: no TCP port).
 
 Every collective gives up after `parallel.timeout_minutes` (torch's default process group and
 megatron's groups alike), so a rank that stops responding without dying does not hold the
@@ -135,17 +136,34 @@ def _choose_backend(parallel_cfg: ParallelConfig) -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
-def _setup_env_for_single_process() -> None:
+def _setup_env_for_single_process() -> bool:
+    """Fill in RANK/WORLD_SIZE/LOCAL_RANK for a plain `python -m pretrain` (no launcher).
+
+    Returns True when this is such a single process: it then needs no TCP rendezvous at all
+    (an in-process store, see `_init_process_group`), so no port is picked, which another
+    process could take between picking and binding it (EADDRINUSE).
+    """
+    launched = "MASTER_PORT" in os.environ  # torchrun / our launchers always set it
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("LOCAL_RANK", "0")
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    if "MASTER_PORT" not in os.environ:
-        import socket
+    return not launched and os.environ["WORLD_SIZE"] == "1"
 
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
+
+def _init_process_group(backend: str, timeout_minutes: float, single: bool) -> None:
+    """The default process group: env:// rendezvous, or an in-process HashStore for a single
+    plain process (world size 1; megatron's sub-groups use the same store)."""
+    timeout = datetime.timedelta(minutes=timeout_minutes)
+    if single:
+        torch.distributed.init_process_group(
+            backend=backend,
+            store=torch.distributed.HashStore(),
+            rank=0,
+            world_size=1,
+            timeout=timeout,
+        )
+    else:
+        torch.distributed.init_process_group(backend=backend, timeout=timeout)
 
 
 def seed_everything(seed: int) -> None:
@@ -171,7 +189,7 @@ def init_distributed(
     if timeout_minutes is None:
         timeout_minutes = parallel_cfg.timeout_minutes
     compat.apply()
-    _setup_env_for_single_process()
+    single = _setup_env_for_single_process()
     world_size = world_size_from_env()
     check_world_size(parallel_cfg, world_size)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -182,9 +200,7 @@ def init_distributed(
     else:
         device = torch.device("cpu")
     if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(
-            backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes)
-        )
+        _init_process_group(backend, timeout_minutes, single)
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=parallel_cfg.tensor_model_parallel_size,
         pipeline_model_parallel_size=parallel_cfg.pipeline_model_parallel_size,

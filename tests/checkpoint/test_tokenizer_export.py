@@ -46,7 +46,7 @@ LLAMA = {
 def _write_export_files(out: Path, tokenizer_model: Path, family: str) -> None:
     from pretrain.config import ModelConfig
     from pretrain.hf import mapping
-    from pretrain.hf.export import special_ids, write_tokenizer
+    from pretrain.hf.tokenizer import special_ids, write_tokenizer
 
     model_cfg = ModelConfig(**(LLAMA if family == "llama" else {}))
     assert mapping.hf_family(model_cfg) == family
@@ -139,7 +139,7 @@ def test_other_sentencepiece_settings_encode_identically(settings: str, tmp_path
 
     import sentencepiece as spm
 
-    from pretrain.hf.export import sentencepiece_backend
+    from pretrain.hf.tokenizer import sentencepiece_backend
 
     texts = [Path(p).read_text(encoding="utf-8") for p in stdlib_sample_files(150_000)]
     lines = [line for text in texts for line in text.splitlines(keepends=True) if line.strip()]

@@ -127,7 +127,7 @@ def test_generate_cli_prints_transformers_greedy_text(sampled_run, tmp_path: Pat
 
     The texts are compared through each side's decoder: for byte tokens that are not valid UTF-8
     transformers writes U+FFFD per byte where SentencePiece keeps the valid bytes (this barely
-    trained model emits such runs), see `pretrain.hf.export.write_tokenizer`.
+    trained model emits such runs), see `pretrain.hf.tokenizer.write_tokenizer`.
     """
     run, export = sampled_run
     from transformers import AutoTokenizer
