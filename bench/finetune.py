@@ -49,6 +49,7 @@ from bench.train import (  # noqa: E402  (after sys.path)
     add_model_args,
     finish_model_args,
     print_table,
+    start,
 )
 
 if TYPE_CHECKING:
@@ -277,14 +278,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run every selected model in the three modes; print the table and the JSON line."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    for name in ("bench", "data_pipeline"):
-        logging.getLogger(name).setLevel(logging.INFO)
+    if not start(args):
+        return 2
     import torch
 
-    if args.gpu and not torch.cuda.is_available():
-        print("--gpu needs CUDA", file=sys.stderr)
-        return 2
     table = GPU_MODELS if args.gpu else CPU_MODELS
     data = resolve_data(args.data, args.build_dir, args.smoke)
     rows = []

@@ -383,9 +383,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return finish_model_args(parser, parser.parse_args(argv), CPU_MODELS, GPU_MODELS)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run every selected model; print the table and the `BENCH_JSON` line."""
-    args = parse_args(argv)
+def start(args: argparse.Namespace) -> bool:
+    """Logging for a benchmark run (bench and data_pipeline at INFO); False (after saying so on
+    stderr) when --gpu is asked without CUDA. Shared by bench/train.py and bench/finetune.py."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     for name in ("bench", "data_pipeline"):
         logging.getLogger(name).setLevel(logging.INFO)
@@ -393,7 +393,17 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.gpu and not torch.cuda.is_available():
         print("--gpu needs CUDA", file=sys.stderr)
+        return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every selected model; print the table and the `BENCH_JSON` line."""
+    args = parse_args(argv)
+    if not start(args):
         return 2
+    import torch
+
     table = GPU_MODELS if args.gpu else CPU_MODELS
     data = resolve_data(args.data, args.build_dir)
     rows = []
