@@ -28,7 +28,7 @@ import pytest
 
 from pretrain.checkpoint import layout
 from pretrain.checkpoint.saver import CRASH_ENV
-from tests._dist import REPO_ROOT, RunResult, read_metrics, run_pretrain
+from tests._dist import REPO_ROOT, RunResult, read_metrics, run_pretrain, small_gpt_overrides
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -46,14 +46,8 @@ LORA = ["peft=lora", "peft.rank=4", "peft.alpha=8", "optim.lr=0.01", "optim.warm
 
 def _common(data_dir: Path) -> list[str]:
     return [
-        f"data.paths=[{data_dir}]",
-        f"train.max_steps={STEPS}",
-        "train.micro_batch_size=2",
-        "train.global_batch_size=8",
+        *small_gpt_overrides(data_dir, STEPS, micro_batch_size=2),
         "train.seq_length=64",
-        "model.num_layers=2",
-        "model.hidden_size=64",
-        "model.ffn_hidden_size=256",
         "model.num_attention_heads=4",
         *OBJECTIVE,
     ]

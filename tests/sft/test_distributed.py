@@ -17,7 +17,7 @@ import pytest
 from pretrain.config import DataConfig, ObjectiveConfig
 from pretrain.data_checks import read_manifest
 from pretrain.sft.build import build_sft_datasets
-from tests._dist import run_pretrain
+from tests._dist import run_pretrain, small_gpt_overrides
 
 LOSS_ABS = 1e-5
 STEPS = 4
@@ -27,17 +27,10 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 def _base(data_dir) -> list[str]:
     return [
+        *small_gpt_overrides(data_dir, STEPS, micro_batch_size=2),
         "objective=sft",
-        f"data.paths=[{data_dir}]",
         "data.split='90,5,5'",
-        f"train.max_steps={STEPS}",
-        "train.micro_batch_size=2",
-        "train.global_batch_size=8",
         "train.seq_length=64",
-        "model.num_layers=2",
-        "model.hidden_size=64",
-        "model.ffn_hidden_size=256",
-        "optim.warmup_steps=1",
         "eval.iters=1",
         "eval.at_start=true",
     ]
