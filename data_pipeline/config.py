@@ -114,6 +114,21 @@ class TokenizerConfig:
     """With kitoken: the first N documents of each shard, plus in every later batch the first
     document of at most 16k characters, are also encoded by SentencePiece; any difference
     rebuilds the shard with SentencePiece."""
+    reserved_tokens: list[str] = field(
+        default_factory=lambda: [
+            "<fim_prefix>",
+            "<fim_middle>",
+            "<fim_suffix>",
+            "<fim_pad>",
+            "<mask>",
+        ]
+    )
+    """Pieces a trained tokenizer reserves (SentencePiece control symbols, ids 4, 5, ... after
+    <unk> <s> </s> <pad>) for the training objectives: the fill-in-the-middle sentinels
+    (pretrain data.fim.*) and the masked-LM mask (objective=mlm). They are never produced from
+    text (a document containing the string `<mask>` is encoded as ordinary text), only placed by
+    id, and are listed in manifest `tokenizer.special_tokens`. [] reserves none. Ignored with
+    tokenizer.model (its own pieces are listed)."""
 
 
 @dataclass
@@ -219,6 +234,7 @@ def validate(cfg: PrepareConfig) -> None:
         coverage = tok.character_coverage
         why = "SentencePiece needs 0.98 <= coverage <= 1.0 (0.9995 is Llama's)"
         _check(0.98 <= coverage <= 1.0, "tokenizer.character_coverage", coverage, why)
+        _validate_reserved(tok.reserved_tokens, inp.special_tokens)
     elif not Path(tok.model).expanduser().is_file():
         raise ConfigError(
             f"tokenizer.model={tok.model!r}: no such file. Give the path of a SentencePiece "
@@ -239,6 +255,34 @@ def validate(cfg: PrepareConfig) -> None:
             "shards of the others. Clear the dir once before the array (e.g. the stage=tokenizer "
             "step with output.overwrite=true) and run the tasks without it."
         )
+
+
+BASIC_PIECES = ("<unk>", "<s>", "</s>", "<pad>")
+"""SentencePiece's own special pieces (ids 0-3 of a trained model)."""
+
+
+def _validate_reserved(reserved: list[str], user_defined: list[str]) -> None:
+    key = "tokenizer.reserved_tokens"
+    for token in reserved:
+        _check(
+            bool(token) and not any(c.isspace() for c in token),
+            key,
+            reserved,
+            f"{token!r}: a reserved token must be non-empty and hold no whitespace",
+        )
+        _check(
+            token not in BASIC_PIECES,
+            key,
+            reserved,
+            f"{token!r} is one of SentencePiece's own pieces {BASIC_PIECES}; remove it",
+        )
+        _check(
+            token not in user_defined,
+            key,
+            reserved,
+            f"{token!r} is also in input.special_tokens; a piece is one or the other",
+        )
+    _check(len(set(reserved)) == len(reserved), key, reserved, "lists a token twice")
 
 
 def _validate_instruct(inp: InputConfig) -> None:

@@ -75,7 +75,7 @@ def train_options(cfg: TokenizerConfig, special_tokens: Iterable[str] = ()) -> d
     """SentencePiece trainer options: Llama-style, safe for code (no whitespace collapsing).
 
     `special_tokens` (a chat template's markers) become user_defined_symbols: one piece each,
-    always matched whole.
+    always matched whole. `cfg.reserved_tokens` become control_symbols: never matched in text.
     """
     options = {
         "vocab_size": cfg.vocab_size,
@@ -98,6 +98,8 @@ def train_options(cfg: TokenizerConfig, special_tokens: Iterable[str] = ()) -> d
     }
     if special_tokens:
         options["user_defined_symbols"] = list(special_tokens)
+    if cfg.reserved_tokens:
+        options["control_symbols"] = list(cfg.reserved_tokens)
     return options
 
 
@@ -176,6 +178,22 @@ def tokenizer_info(path: Path, rel_path: str) -> dict[str, Any]:
         "pad_id": sp.pad_id(),
         "unk_id": sp.unk_id(),
         "type": model_type,
+        "special_tokens": special_pieces(proto),
+    }
+
+
+def special_pieces(proto: Any) -> dict[str, int]:
+    """piece -> id of the model's control and user-defined pieces besides <s> </s> <pad>."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    kinds = (
+        pb.ModelProto.SentencePiece.Type.CONTROL,
+        pb.ModelProto.SentencePiece.Type.USER_DEFINED,
+    )
+    spec = proto.trainer_spec
+    basic = {spec.bos_piece, spec.eos_piece, spec.pad_piece, spec.unk_piece}
+    return {
+        p.piece: i for i, p in enumerate(proto.pieces) if p.type in kinds and p.piece not in basic
     }
 
 

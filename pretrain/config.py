@@ -24,7 +24,8 @@ CHOICES = {
     "train.activation_recompute": ("none", "selective", "full"),
     "logging.wandb.mode": ("offline", "online", "disabled"),
     "cluster.check": ("warn", "error", "off"),
-    "objective.name": ("lm", "sft"),
+    "objective.name": ("lm", "sft", "mlm"),
+    "data.fim.level": ("document", "context"),
     "peft.type": ("none", "lora"),
 }
 """Allowed values of the string-choice keys."""
@@ -142,6 +143,43 @@ class ParallelConfig:
 
 
 @dataclass
+class FimConfig:
+    """Fill-in-the-middle (Bavarian et al. 2022) for objective=lm: a document (or a packed
+    context) is cut into prefix, middle and suffix and trained as `<fim_prefix> prefix
+    <fim_suffix> suffix <fim_middle> middle` (PSM) or `<fim_prefix> <fim_suffix> suffix
+    <fim_middle> prefix middle` (SPM), so the model learns to infill (docs/objectives.md)."""
+
+    rate: float = 0.0
+    """Fraction of documents (level=document) or packed contexts (level=context) transformed;
+    0 = off. StarCoder and Code Llama use 0.5-0.9."""
+    spm_rate: float = 0.5
+    """Fraction of the transformed ones written suffix-prefix-middle (SPM) instead of
+    prefix-suffix-middle (PSM)."""
+    level: str = "document"
+    """document: each document is transformed (or not) on its own, before packing, so no
+    token is lost. context: the whole train.seq_length window (across documents) is transformed
+    once; its untransformed windows end in 3 `pad_token`s (no loss) to keep the length."""
+    prefix_token: str = "<fim_prefix>"
+    """Sentinel before the prefix: a piece of the tokenizer (`python -m data_pipeline` reserves
+    the four defaults, tokenizer.reserved_tokens)."""
+    middle_token: str = "<fim_middle>"
+    """Sentinel before the middle (the text to generate)."""
+    suffix_token: str = "<fim_suffix>"
+    """Sentinel before the suffix."""
+    pad_token: str = "<fim_pad>"
+    """Padding of level=context windows (never in the loss)."""
+
+    def tokens(self) -> dict[str, str]:
+        """role -> sentinel piece."""
+        return {
+            "prefix": self.prefix_token,
+            "middle": self.middle_token,
+            "suffix": self.suffix_token,
+            "pad": self.pad_token,
+        }
+
+
+@dataclass
 class DataConfig:
     paths: list[str] = field(default_factory=lambda: ["checkpoints/data/stdlib_code"])
     """Data-pipeline output directories (each with manifest.json), see docs/data_format.md."""
@@ -160,6 +198,8 @@ class DataConfig:
     """objective=sft: data directories whose documents all form the validation split (e.g. a
     held-out split prepared separately); data.split's valid share then goes unused. None =
     data.split."""
+    fim: FimConfig = field(default_factory=FimConfig)
+    """Fill-in-the-middle transformation of the training documents (objective=lm only)."""
 
 
 @dataclass
@@ -170,10 +210,24 @@ class ObjectiveConfig:
     input.format=chat|prompt_completion`): the loss counts only target tokens (the data's loss
     mask: assistant/completion tokens and their end marker) and is logged as the mean over the
     target tokens of the global batch; examples are packed into sequences with a block-diagonal
-    attention mask (docs/finetuning.md)."""
+    attention mask (docs/finetuning.md).
+    mlm: masked language modelling (RoBERTa-style dynamic masking) with megatron-core's
+    BertModel (an encoder: bidirectional attention, local layer spec) on windows of the same
+    data directories; the loss counts only the masked positions (docs/objectives.md)."""
     pack: bool = True
     """sft: pack several examples into each train.seq_length sequence (no example attends to
     another; positions restart per example). false: one example per sequence, padded."""
+    mask_rate: float = 0.15
+    """mlm: probability that a (non-special) token is selected for prediction, drawn anew
+    each time a window is read (dynamic masking)."""
+    mask_token_rate: float = 0.8
+    """mlm: of the selected tokens, the share replaced by `mask_token`."""
+    random_token_rate: float = 0.1
+    """mlm: of the selected tokens, the share replaced by a random vocabulary token; the rest
+    (1 - mask_token_rate - random_token_rate) keep their token."""
+    mask_token: str = "<mask>"
+    """mlm: the mask piece of the tokenizer (`python -m data_pipeline` reserves it,
+    tokenizer.reserved_tokens). CLS, SEP and padding are the tokenizer's <s>, </s> and <pad>."""
 
 
 @dataclass
@@ -314,6 +368,10 @@ class SampleConfig:
     """0 = greedy; otherwise softmax temperature."""
     top_k: int = 40
     """With temperature > 0: sample among the k most likely tokens (0 = all)."""
+    suffix: str | None = None
+    """With data.fim.rate > 0: the sample infills the middle between `prompt` (the prefix) and
+    this suffix (None = a plain continuation of `prompt`). objective=mlm ignores it: its sample
+    fills every objective.mask_token in `prompt`."""
 
 
 @dataclass
@@ -377,7 +435,7 @@ class PretrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     """Training data."""
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    """What the loss trains (`objective=lm|sft`)."""
+    """What the loss trains (`objective=lm|sft|mlm`)."""
     peft: PeftConfig = field(default_factory=PeftConfig)
     """Parameter-efficient fine-tuning (`peft=none|lora`)."""
     optim: OptimConfig = field(default_factory=OptimConfig)

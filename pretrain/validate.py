@@ -16,6 +16,7 @@ from pretrain.config import CHOICES, ConfigError, PretrainConfig
 from pretrain.data import check_manifests
 from pretrain.parallel import check_world_size, world_size_from_env
 from pretrain.peft import validate_peft
+from pretrain.special_tokens import check_objective_tokens
 
 
 def _require(ok: bool, message: str) -> None:
@@ -217,17 +218,21 @@ def _check_misc(cfg: PretrainConfig) -> None:
 def _check_objective(cfg: PretrainConfig) -> None:
     """objective.* and the data keys whose meaning depends on the objective."""
     o, d = cfg.objective, cfg.data
-    if o.name == "lm":
+    _check_fim(cfg)
+    if o.name in ("lm", "mlm"):
         _require(
             o.pack,
-            "objective.pack=false applies to objective=sft only (objective=lm always packs "
-            "documents across boundaries, megatron's GPTDataset); remove it or set objective=sft",
+            f"objective.pack=false applies to objective=sft only (objective={o.name} always "
+            "packs documents across boundaries, megatron's GPTDataset); remove it or set "
+            "objective=sft",
         )
         _require(
             d.valid_paths is None,
-            f"data.valid_paths={list(d.valid_paths or [])} needs objective=sft (objective=lm "
-            "takes its validation split from data.split); set data.valid_paths=null",
+            f"data.valid_paths={list(d.valid_paths or [])} needs objective=sft (objective="
+            f"{o.name} takes its validation split from data.split); set data.valid_paths=null",
         )
+        if o.name == "mlm":
+            _check_mlm(cfg)
         return
     _require(
         d.weights is None,
@@ -238,6 +243,55 @@ def _check_objective(cfg: PretrainConfig) -> None:
     _require(
         d.valid_paths is None or len(d.valid_paths) > 0,
         "data.valid_paths=[] is empty; give at least one data directory or null (= data.split)",
+    )
+
+
+def _check_fim(cfg: PretrainConfig) -> None:
+    f = cfg.data.fim
+    for key in ("rate", "spm_rate"):
+        value = getattr(f, key)
+        _require(0.0 <= value <= 1.0, f"data.fim.{key}={value} must be in [0, 1]")
+    if f.rate == 0:
+        return
+    _require(
+        cfg.objective.name == "lm",
+        f"data.fim.rate={f.rate} needs objective=lm (fill-in-the-middle reorders the documents "
+        f"of next-token pretraining); objective={cfg.objective.name}: set data.fim.rate=0",
+    )
+    pieces = list(f.tokens().values())
+    _require(
+        len(set(pieces)) == 4,
+        f"data.fim.*_token must be four different pieces, got {pieces}",
+    )
+    _require(
+        cfg.train.seq_length > 8,
+        f"train.seq_length={cfg.train.seq_length}: fill-in-the-middle needs at least 9 tokens",
+    )
+
+
+def _check_mlm(cfg: PretrainConfig) -> None:
+    o, m = cfg.objective, cfg.model
+    _require(0.0 < o.mask_rate < 1.0, f"objective.mask_rate={o.mask_rate} must be in (0, 1)")
+    for key in ("mask_token_rate", "random_token_rate"):
+        value = getattr(o, key)
+        _require(0.0 <= value <= 1.0, f"objective.{key}={value} must be in [0, 1]")
+    _require(
+        o.mask_token_rate + o.random_token_rate <= 1.0 + 1e-9,
+        f"objective.mask_token_rate={o.mask_token_rate} + objective.random_token_rate="
+        f"{o.random_token_rate} must be <= 1 (the rest keep their token)",
+    )
+    _require(
+        cfg.train.seq_length >= 3,
+        f"train.seq_length={cfg.train.seq_length}: objective=mlm needs <s>, one token and </s>",
+    )
+    _require(
+        cfg.peft.type == "none",
+        f"peft.type={cfg.peft.type} is not supported with objective=mlm yet; set peft=none",
+    )
+    _require(
+        m.kv_heads() == m.num_attention_heads,
+        f"model.num_query_groups={m.num_query_groups}: objective=mlm (BERT) uses multi-head "
+        "attention; set model.num_query_groups=null",
     )
 
 
@@ -330,4 +384,6 @@ def validate(cfg: PretrainConfig, world_size: int | None = None) -> list[dict[st
     _check_misc(cfg)
     _check_objective(cfg)
     validate_peft(cfg)
-    return check_manifests(cfg.data, cfg.model, objective=cfg.objective.name)
+    manifests = check_manifests(cfg.data, cfg.model, objective=cfg.objective.name)
+    check_objective_tokens(cfg, manifests)
+    return manifests
