@@ -1,0 +1,1 @@
+"""Fill-in-the-middle for objective=lm (data.fim.*, docs/objectives.md)."""
