@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 Batch = dict[str, torch.Tensor]
 """One micro-batch: tokens, labels, loss_mask, position_ids ([micro_batch, seq_length]);
-objective=sft adds segment_ids (which example each position belongs to)."""
+objective=sft adds segment_ids (which example each position belongs to); objective=mlm has
+tokens, labels, loss_mask, attention_mask (`pretrain.mlm.dataset.MLM_BATCH_KEYS`)."""
 
 
 @dataclass
@@ -65,7 +66,8 @@ class TrainContext:
     logger: RunLogger = field(default_factory=NullLogger)
     """Console / metrics.jsonl / W&B on rank 0, a no-op elsewhere."""
     train_dataset: Any = None
-    """megatron GPTDataset / BlendedDataset of the train split."""
+    """megatron GPTDataset / BlendedDataset of the train split (sft: SftDataset; mlm:
+    MlmDataset over megatron windows)."""
     valid_dataset: Any = None
     """Validation split (None when data.split gives it no documents)."""
     train_iterator: Iterator[Batch] | None = None
@@ -78,11 +80,21 @@ class TrainContext:
     None = objective=lm."""
 
     @property
+    def objective(self) -> str:
+        """The run's objective.name: lm, sft or mlm (what the step, data and sample run)."""
+        return self.cfg.objective.name
+
+    @property
     def batch_keys(self) -> tuple[str, ...]:
-        """The tensors of one micro-batch (sft adds the examples' segment ids)."""
-        if self.sft_attention is None:
-            return BATCH_KEYS
-        return (*BATCH_KEYS, "segment_ids")
+        """The tensors of one micro-batch (sft adds the examples' segment ids; mlm has an
+        attention mask instead of position ids)."""
+        if self.objective == "mlm":
+            from pretrain.mlm.dataset import MLM_BATCH_KEYS
+
+            return MLM_BATCH_KEYS
+        if self.objective == "sft":
+            return (*BATCH_KEYS, "segment_ids")
+        return BATCH_KEYS
 
     @property
     def run_dir(self) -> Path:

@@ -6,6 +6,7 @@ megatron's GPTDataset, deterministic for a seed; the iterators start at `consume
 resumed run continues with exactly the batches an uninterrupted run would have seen.
 The start-of-run file checks live in `pretrain.data_checks` (re-exported here), the index
 cache (in memory unless data.cache_dir is set; never unpickled) in `pretrain.index_cache`.
+With data.fim.rate > 0 the datasets are `pretrain.fim.dataset`'s (fill-in-the-middle).
 """
 
 from __future__ import annotations
@@ -96,18 +97,30 @@ def build_datasets(
 
     from pretrain import index_cache
 
+    cls, config_cls, extra = index_cache.TrustedGPTDataset, index_cache.CachedGPTDatasetConfig, {}
+    fim_key, window = None, seq_length
+    if data_cfg.fim.rate > 0:
+        from pretrain.fim import dataset as fim_dataset
+
+        spec = fim_spec(data_cfg, manifests[0], tokenizer, seed)
+        cls, config_cls, extra = (
+            fim_dataset.dataset_class(spec),
+            fim_dataset.FimGPTDatasetConfig,
+            {"fim": spec},
+        )
+        fim_key, window = spec.unique_identifiers, spec.window_length(seq_length)
     folder = None
     if data_cfg.cache_dir:
         folder = index_cache.cache_folder(
-            data_cfg.cache_dir, manifests, data_cfg.split, seq_length, seed
+            data_cfg.cache_dir, manifests, data_cfg.split, seq_length, seed, fim_key
         )
         index_cache.check_folder(folder)  # every rank, so a bad file fails all of them
         log.info("dataset indexes: cached in %s", folder)
     else:
         log.info("dataset indexes: built in memory (data.cache_dir=null)")
-    config = index_cache.CachedGPTDatasetConfig(
+    config = config_cls(
         random_seed=seed,
-        sequence_length=seq_length,
+        sequence_length=window,
         blend=build_blend(data_cfg, manifests),
         split=data_cfg.split,
         path_to_cache=index_cache.IN_MEMORY,
@@ -118,12 +131,25 @@ def build_datasets(
         eod_mask_loss=False,
         create_attention_mask=False,
         mid_level_dataset_surplus=0.05,
+        **extra,
     )
     _drop_empty_splits(config, manifests)
-    builder = BlendedMegatronDatasetBuilder(
-        index_cache.TrustedGPTDataset, list(num_samples), lambda: True, config
-    )
+    builder = BlendedMegatronDatasetBuilder(cls, list(num_samples), lambda: True, config)
     return builder.build()
+
+
+def fim_spec(
+    data_cfg: DataConfig, manifest: dict[str, Any], tokenizer: SentencePieceTokenizer, seed: int
+) -> Any:
+    """The FIM settings of data.fim with the sentinel ids of the data's tokenizer (ConfigError
+    naming data.fim.*_token when one is missing)."""
+    from pretrain.fim.dataset import build_spec
+    from pretrain.special_tokens import piece_ids
+
+    roles = data_cfg.fim.tokens()
+    ids = piece_ids(manifest, {f"data.fim.{role}_token": piece for role, piece in roles.items()})
+    by_role = {role: ids[f"data.fim.{role}_token"] for role in roles}
+    return build_spec(data_cfg.fim, by_role, tokenizer.processor, tokenizer.eod, seed)
 
 
 _SPLITS = ("train", "valid", "test")

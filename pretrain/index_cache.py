@@ -11,10 +11,10 @@ So megatron gets `path_to_cache=IN_MEMORY` (""; falsy, but not None): it builds 
 in memory, never looks into the data directory and saves nothing. `TrustedGPTDataset` adds the
 persistent cache back when `data.cache_dir` is set: the files live in `cache_dir/<key>/`, the
 key being a hash of the data's manifests (which hold every shard's sha256), split, sequence
-length and seed, so re-prepared data gets a fresh folder; each file's `.npy` header must
-describe a plain integer array (read without unpickling) and it is loaded with
-allow_pickle=False; global rank 0 writes them atomically. The blended indexes are always built
-in memory (one cheap pass over the samples).
+length and seed (and the FIM settings when data.fim is on), so re-prepared data gets a fresh
+folder; each file's `.npy` header must describe a plain integer array (read without
+unpickling) and it is loaded with allow_pickle=False; global rank 0 writes them atomically.
+The blended indexes are always built in memory (one cheap pass over the samples).
 """
 
 from __future__ import annotations
@@ -54,16 +54,27 @@ class CachedGPTDatasetConfig(GPTDatasetConfig):
 
 
 def cache_folder(
-    cache_dir: str, manifests: list[dict[str, Any]], split: str, seq_length: int, seed: int
+    cache_dir: str,
+    manifests: list[dict[str, Any]],
+    split: str,
+    seq_length: int,
+    seed: int,
+    fim: dict[str, Any] | None = None,
 ) -> Path:
-    """`cache_dir/indexes-<key>`: the key changes with the data's content or the split/order."""
-    payload = {
+    """`cache_dir/indexes-<key>`: the key changes with the data's content or the split/order.
+
+    `fim` (the FIM spec's unique identifiers, data.fim.rate > 0) gives FIM runs folders of their
+    own; without it the key is the one plain runs always had.
+    """
+    payload: dict[str, Any] = {
         "version": KEY_VERSION,
         "manifest_sha256": [m["sha256"] for m in manifests],
         "split": str(split),
         "seq_length": int(seq_length),
         "seed": int(seed),
     }
+    if fim is not None:
+        payload["fim"] = fim
     key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
     return Path(cache_dir).expanduser().resolve() / f"indexes-{key}"
 

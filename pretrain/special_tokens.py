@@ -15,8 +15,9 @@ from typing import Any
 from pretrain.config import ConfigError, PretrainConfig
 
 RESERVE_HINT = (
-    "prepare the data again with `python -m data_pipeline` (a trained tokenizer reserves "
-    "<fim_prefix> <fim_middle> <fim_suffix> <fim_pad> <mask>: tokenizer.reserved_tokens)"
+    "prepare the data again with `python -m data_pipeline ... output.overwrite=true` and no "
+    "tokenizer.model (a trained tokenizer reserves <fim_prefix> <fim_middle> <fim_suffix> "
+    "<fim_pad> <mask>: tokenizer.reserved_tokens)"
 )
 
 

@@ -14,6 +14,9 @@ objective=sft (`ctx.sft_attention` set) runs `pretrain.sft.loss.sft_forward_step
 loss of a step is the mean over the target tokens of the whole global batch (sum / count over
 all micro-batches and DP ranks, megatron's per-token path), and evaluation averages the same way
 over all its batches.
+
+objective=mlm runs `pretrain.mlm.loss.mlm_forward_step` (BertModel): the same per-token path
+over the masked positions, and the masked-token accuracy is reduced with the loss (`Reduced`).
 """
 
 from __future__ import annotations
@@ -45,7 +48,22 @@ class StepResult:
     fwd_bwd_s: float
     optim_s: float
     target_tokens: int | None = None
-    """objective=sft: loss-mask-1 labels of the global batch (None for objective=lm)."""
+    """objective=sft: loss-mask-1 labels of the global batch; mlm: its masked positions (None
+    for objective=lm)."""
+    accuracy: float | None = None
+    """objective=mlm: share of the masked positions predicted right (None otherwise)."""
+
+
+@dataclass(frozen=True)
+class Reduced:
+    """The loss numbers of a set of micro-batches, reduced over all ranks."""
+
+    loss: float
+    """lm: mean of micro-batch means; sft/mlm: mean over the target (masked) tokens."""
+    target_tokens: int | None = None
+    """sft: target tokens; mlm: masked tokens; lm: None."""
+    accuracy: float | None = None
+    """mlm: masked-token accuracy; None otherwise."""
 
 
 def _loss_func(loss_mask: torch.Tensor, nan: bool, output_tensor: torch.Tensor):
@@ -87,22 +105,29 @@ def average_loss(losses: list[dict[str, torch.Tensor]], device: torch.device) ->
 
 def _step_func(ctx: TrainContext, nan: bool = False) -> Any:
     """The forward_step_func of the run's objective."""
-    if ctx.sft_attention is None:
-        return partial(forward_step, nan=nan)
-    from pretrain.sft.loss import sft_forward_step
+    if ctx.objective == "mlm":
+        from pretrain.mlm.loss import mlm_forward_step
 
-    return partial(sft_forward_step, kind=ctx.sft_attention, nan=nan)
+        return partial(mlm_forward_step, nan=nan)
+    if ctx.objective == "sft":
+        from pretrain.sft.loss import sft_forward_step
+
+        return partial(sft_forward_step, kind=ctx.sft_attention, nan=nan)
+    return partial(forward_step, nan=nan)
 
 
-def reduce_losses(
-    ctx: TrainContext, losses: list[dict[str, torch.Tensor]]
-) -> tuple[float, int | None]:
-    """(step loss, target tokens): lm's mean of micro-batch means, or sft's token mean."""
-    if ctx.sft_attention is None:
-        return average_loss(losses, ctx.device), None
-    from pretrain.sft.loss import reduce_token_loss
+def reduce_losses(ctx: TrainContext, losses: list[dict[str, torch.Tensor]]) -> Reduced:
+    """lm's mean of micro-batch means, sft's token mean, or mlm's token mean and accuracy."""
+    if ctx.objective == "mlm":
+        from pretrain.mlm.loss import reduce_mlm
 
-    return reduce_token_loss(losses, ctx.device, ctx.dist.dp_size)
+        totals = reduce_mlm(losses, ctx.device, ctx.dist.dp_size)
+        return Reduced(totals.loss, totals.masked_tokens, totals.accuracy)
+    if ctx.objective == "sft":
+        from pretrain.sft.loss import reduce_token_loss
+
+        return Reduced(*reduce_token_loss(losses, ctx.device, ctx.dist.dp_size))
+    return Reduced(average_loss(losses, ctx.device))
 
 
 def _all_finite(value: float) -> bool:
@@ -161,7 +186,8 @@ def train_step(ctx: TrainContext) -> StepResult:
     ctx.optimizer.zero_grad()
     nan = ctx.state.step + 1 in _nan_steps()
     losses = _run_schedule(ctx, batches, _step_func(ctx, nan), forward_only=False)
-    loss, target_tokens = reduce_losses(ctx, losses)
+    reduced = reduce_losses(ctx, losses)
+    loss = reduced.loss
     t2 = time.perf_counter()
     lr = float(ctx.optimizer.param_groups[0]["lr"])
     overflow = bool(ctx.optimizer.prepare_grads())
@@ -187,12 +213,23 @@ def train_step(ctx: TrainContext) -> StepResult:
         data_s=t1 - t0,
         fwd_bwd_s=t2 - t1,
         optim_s=t3 - t2,
-        target_tokens=target_tokens,
+        target_tokens=reduced.target_tokens,
+        accuracy=reduced.accuracy,
     )
 
 
 def evaluate(ctx: TrainContext) -> float | None:
     """Mean validation loss over eval.iters global batches (the same batches every time)."""
+    result = evaluate_metrics(ctx)
+    return None if result is None else result.loss
+
+
+def evaluate_metrics(ctx: TrainContext) -> Reduced | None:
+    """Validation loss (and mlm's accuracy) over eval.iters global batches.
+
+    lm: the mean of the batches' losses; sft/mlm: the mean over every target (masked) token of
+    all eval batches.
+    """
     if ctx.valid_dataset is None or ctx.cfg.eval.iters <= 0:
         return None
     cfg = ctx.cfg
@@ -204,11 +241,11 @@ def evaluate(ctx: TrainContext) -> float | None:
         for _ in range(cfg.eval.iters):
             batches = _next_batches(iterator, ctx.num_microbatches, ctx.device)
             losses = _run_schedule(ctx, batches, _step_func(ctx), forward_only=True)
-            if ctx.sft_attention is None:
+            if ctx.objective == "lm":
                 total += average_loss(losses, ctx.device)
             all_losses.extend(losses)
     for chunk in ctx.model:
         chunk.train()
-    if ctx.sft_attention is not None:  # the mean over every target token of all eval batches
-        return reduce_losses(ctx, all_losses)[0]
-    return total / cfg.eval.iters
+    if ctx.objective == "lm":
+        return Reduced(total / cfg.eval.iters)
+    return reduce_losses(ctx, all_losses)

@@ -206,7 +206,9 @@ class FimContextDataset(TrustedGPTDataset):
         draw, spm_draw = unit_draws(spec.seed, self.salt, np.array([idx]))
         if draw[0] < spec.rate:
             rng = unit_rng(spec.seed, self.salt, idx)
-            return transform_unit(text, spec.lengths, spec.ids, bool(spm_draw[0] < spec.spm_rate), rng)
+            return transform_unit(
+                text, spec.lengths, spec.ids, bool(spm_draw[0] < spec.spm_rate), rng
+            )
         return np.concatenate((text, np.full(SENTINELS, spec.ids.pad, dtype=text.dtype)))
 
     def __getitem__(self, idx: int | None) -> dict[str, torch.Tensor]:

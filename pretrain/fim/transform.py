@@ -103,7 +103,9 @@ def split_points(lengths: np.ndarray, rng: np.random.Generator) -> tuple[int, in
 def permute(tokens: np.ndarray, first: int, second: int, spm: bool, ids: FimIds) -> np.ndarray:
     """The unit cut at token boundaries first <= second, written PSM or SPM with sentinels."""
     prefix, middle, suffix = tokens[:first], tokens[first:second], tokens[second:]
-    pre, mid, suf = (np.array([i], dtype=tokens.dtype) for i in (ids.prefix, ids.middle, ids.suffix))
+    pre, mid, suf = (
+        np.array([i], dtype=tokens.dtype) for i in (ids.prefix, ids.middle, ids.suffix)
+    )
     if spm:
         parts = (pre, suf, suffix, mid, prefix, middle)
     else:
