@@ -3,8 +3,10 @@
 Text from a checkpoint (any saved TP/PP/DP layout, loaded into one TP1/PP1 model and sampled
 by `pretrain.sample`, the end-of-training sampler) or from a Hugging Face folder written by
 `pretrain.export_hf` (run with transformers' `generate`). Prints the prompt + continuation to
-stdout; logs go to stderr. Greedy with temperature=0 (then a checkpoint and its export print
-the same text), else temperature + top-k sampling seeded by `seed`. `--help` lists every key.
+stdout; logs go to stderr. With suffix=TEXT a model trained with fill-in-the-middle infills:
+prefix (the prompt) + middle + suffix is printed (`pretrain.fim.infill`). Greedy with
+temperature=0 (then a checkpoint and its export print the same text), else temperature + top-k
+sampling seeded by `seed`. `--help` lists every key.
 """
 
 from __future__ import annotations
@@ -13,10 +15,14 @@ import dataclasses
 import logging
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from pretrain.cli import parse_key_values, run_tool
-from pretrain.config import ConfigError, ParallelConfig, SampleConfig
+from pretrain.config import ConfigError, FimConfig, ParallelConfig, SampleConfig
+from pretrain.fim.infill import Infill, middle_text, prompt_ids, report, sentinel_ids
 
 log = logging.getLogger("pretrain")
 
@@ -30,6 +36,8 @@ EXAMPLES = (
     "python -m pretrain.generate checkpoint=checkpoints/tiny temperature=0",
     "python -m pretrain.generate hf=checkpoints/tiny/hf prompt=$'import os\\n' max_new_tokens=100",
     "python -m pretrain.generate checkpoint=checkpoints/tiny/latest prompt_file=prompt.py seed=7",
+    "python -m pretrain.generate checkpoint=checkpoints/fim prompt=$'def f(x):\\n' "
+    "suffix=$'    return y\\n' temperature=0",
 )
 
 
@@ -57,6 +65,12 @@ class GenerateConfig:
     """Seed of the sampling."""
     tokenizer: str | None = None
     """With checkpoint: the SentencePiece model (None = the checkpoint's copy, else the data's)."""
+    suffix: str | None = None
+    """Fill in the middle: the text after the gap (taken verbatim); the prompt is the text before
+    it. Needs a model trained with data.fim.rate > 0 and a tokenizer with the FIM sentinels.
+    Prints prefix + middle + suffix (the middle is logged on its own). Not with suffix_file."""
+    suffix_file: str | None = None
+    """Or read the suffix from this UTF-8 file, exactly as it is."""
 
 
 def check_generate_config(cfg: GenerateConfig) -> None:
@@ -68,6 +82,10 @@ def check_generate_config(cfg: GenerateConfig) -> None:
         raise ConfigError("generate: give prompt=... or prompt_file=..., not both")
     if cfg.prompt_file is not None and not Path(cfg.prompt_file).is_file():
         raise ConfigError(f"generate: prompt_file={cfg.prompt_file} does not exist")
+    if cfg.suffix is not None and cfg.suffix_file is not None:
+        raise ConfigError("generate: give suffix=... or suffix_file=..., not both")
+    if cfg.suffix_file is not None and not Path(cfg.suffix_file).is_file():
+        raise ConfigError(f"generate: suffix_file={cfg.suffix_file} does not exist")
     for key in ("max_new_tokens", "temperature", "top_k"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"generate: {key}={getattr(cfg, key)} must be >= 0")
@@ -94,6 +112,13 @@ def read_prompt(cfg: GenerateConfig) -> str:
     return SampleConfig.prompt if cfg.prompt is None else cfg.prompt
 
 
+def read_suffix(cfg: GenerateConfig) -> str | None:
+    """The infill suffix: suffix_file's text, suffix, or None (a plain continuation)."""
+    if cfg.suffix_file is not None:
+        return Path(cfg.suffix_file).read_text(encoding="utf-8")
+    return cfg.suffix
+
+
 def sample_config(cfg: GenerateConfig, prompt: str) -> SampleConfig:
     """The sampler's settings for these options."""
     return SampleConfig(
@@ -104,8 +129,9 @@ def sample_config(cfg: GenerateConfig, prompt: str) -> SampleConfig:
     )
 
 
-def from_checkpoint(cfg: GenerateConfig, prompt: str) -> str:
-    """Prompt + continuation by the checkpoint, loaded at TP1/PP1 (starts a 1-process group)."""
+def from_checkpoint(cfg: GenerateConfig, prompt: str, suffix: str | None = None) -> str:
+    """Prompt + continuation by the checkpoint, loaded at TP1/PP1 (starts a 1-process group);
+    with `suffix`, prompt + infilled middle + suffix."""
     import sentencepiece as spm
 
     from pretrain import parallel
@@ -129,34 +155,112 @@ def from_checkpoint(cfg: GenerateConfig, prompt: str) -> str:
             f"vocab_size is {vocab}; give the tokenizer.model the model was trained with"
         )
     log.info("loaded %s (step %d), tokenizer %s", ckpt_dir, saved["step"], tok_path)
-    ids = encode_prompt(processor, prompt)
-    new = generate_ids(
+    context = saved["config"]["train"]["seq_length"]
+    run = partial(
+        generate_ids,
         [model],
-        ids,
-        sample_config(cfg, prompt),
-        dist,
-        context=saved["config"]["train"]["seq_length"],
+        cfg=sample_config(cfg, prompt),
+        dist=dist,
+        context=context,
         vocab_size=vocab,
         eod=processor.eos_id(),
         seed=cfg.seed,
     )
+    if suffix is not None:
+        fim = saved["config"].get("data", {}).get("fim", {})
+        if not fim.get("rate"):
+            log.warning("suffix: %s was trained with data.fim.rate=0; it never saw FIM", ckpt_dir)
+        pieces = {**FimConfig().tokens(), **_saved_pieces(fim)}
+        return _infill(processor, prompt, suffix, pieces, str(tok_path), context, run).text
+    ids = encode_prompt(processor, prompt)
+    new = run(ids)
     log.info("token ids: prompt %s + new %s", ids, new)
     return prompt + continuation(processor.decode, ids, new)
 
 
-def from_hf(cfg: GenerateConfig, prompt: str) -> str:
-    """Prompt + continuation by the Hugging Face folder, with transformers' generate."""
+def _saved_pieces(fim: dict[str, Any]) -> dict[str, str]:
+    """role -> sentinel piece from a saved data.fim config (roles it lacks, or whose value the
+    checkpoint's secret scrubbing replaced, are left out: the defaults stand in)."""
+    from pretrain.checkpoint.meta import REDACTED
+
+    pieces = {role: fim.get(f"{role}_token") for role in FimConfig().tokens()}
+    return {role: p for role, p in pieces.items() if isinstance(p, str) and p and p != REDACTED}
+
+
+def _infill(
+    processor: Any,
+    prefix: str,
+    suffix: str,
+    pieces: dict[str, str],
+    where: str,
+    context: int,
+    run: Callable[[list[int]], list[int]],
+) -> Infill:
+    """prefix + the middle `run` (prompt ids -> new ids) generates + suffix."""
+    ids = sentinel_ids(processor, {k: v for k, v in pieces.items() if k != "pad"}, where)
+    prompt, prefix_ids = prompt_ids(processor, prefix, suffix, ids, context - 1)
+    new = run(prompt)
+    log.info("token ids: infill prompt %s + new %s", prompt, new)
+    result = Infill(
+        prefix, middle_text(processor.decode, prefix_ids, new, processor.eos_id()), suffix
+    )
+    report(result, new)
+    return result
+
+
+def from_hf(cfg: GenerateConfig, prompt: str, suffix: str | None = None) -> str:
+    """Prompt + continuation by the Hugging Face folder, with transformers' generate; with
+    `suffix`, prompt + infilled middle + suffix (ids from the folder's tokenizer.model)."""
     from pretrain.hf.export import sample
 
-    return sample(Path(cfg.hf), prompt, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.seed)
+    if suffix is None:
+        return sample(
+            Path(cfg.hf), prompt, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.seed
+        )
+    import sentencepiece as spm
+
+    tok_path = Path(cfg.hf) / "tokenizer.model"
+    if not tok_path.is_file():
+        raise ConfigError(f"generate: hf={cfg.hf} has no tokenizer.model to encode the infill")
+    processor = spm.SentencePieceProcessor(model_file=str(tok_path))
+    run = partial(_hf_generate, Path(cfg.hf), cfg=cfg, eod=processor.eos_id())
+    pieces = FimConfig().tokens()
+    return _infill(processor, prompt, suffix, pieces, str(tok_path), 1 << 30, run).text
+
+
+def _hf_generate(out_dir: Path, ids: list[int], *, cfg: GenerateConfig, eod: int) -> list[int]:
+    """New ids after `ids` by the Hugging Face model (greedy or sampled, stops at EOD)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(out_dir), dtype=torch.float32).eval()
+    limit = getattr(model.config, "max_position_embeddings", None) or 1 << 30
+    prompt = torch.tensor([ids[-(limit - 1) :]])
+    options: dict[str, Any] = {"do_sample": False}
+    if cfg.temperature > 0:
+        options = {"do_sample": True, "temperature": cfg.temperature, "top_k": cfg.top_k or None}
+    torch.manual_seed(cfg.seed)
+    with torch.no_grad():
+        out = model.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=max(0, min(cfg.max_new_tokens, limit - prompt.shape[1])),
+            eos_token_id=eod,
+            pad_token_id=model.generation_config.pad_token_id,
+            **options,
+        )
+    return out[0, prompt.shape[1] :].tolist()
 
 
 def generate_text(cfg: GenerateConfig) -> str:
     """Check `cfg`, then the prompt + its continuation (ConfigError names a bad key)."""
     check_generate_config(cfg)
-    prompt = read_prompt(cfg)
+    prompt, suffix = read_prompt(cfg), read_suffix(cfg)
     start = time.perf_counter()
-    text = from_checkpoint(cfg, prompt) if cfg.checkpoint else from_hf(cfg, prompt)
+    if cfg.checkpoint:
+        text = from_checkpoint(cfg, prompt, suffix)
+    else:
+        text = from_hf(cfg, prompt, suffix)
     log.info("generated in %.1fs", time.perf_counter() - start)
     return text
 

@@ -7,7 +7,8 @@ right: causal attention makes the padding invisible to earlier positions). The l
 gathers the vocab-parallel logits over TP, `TokenPicker` picks the token (greedy or temperature
 + top-k) and the global last rank broadcasts it to every rank. Slow (no KV cache) but exact
 and simple; meant for short samples. The text is the prompt + the new tokens decoded in context
-(`continuation`), so no space is lost or added where they meet.
+(`continuation`), so no space is lost or added where they meet. A FIM-trained model with
+sample.suffix set infills instead (`infill`, prompt format in `pretrain.fim.infill`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from pretrain.config import SampleConfig
+from pretrain.fim.infill import Infill, middle_text, prompt_ids, report
 
 if TYPE_CHECKING:
     from pretrain.context import TrainContext
@@ -154,7 +156,13 @@ def generate_ids(
 
 
 def generate(ctx: TrainContext, sample_cfg: SampleConfig) -> str:
-    """The prompt + sample_cfg.max_new_tokens generated after it, decoded (on all ranks)."""
+    """The prompt + sample_cfg.max_new_tokens generated after it, decoded (on all ranks).
+
+    With data.fim.rate > 0 and sample.suffix set: the prompt (prefix) + the infilled middle +
+    the suffix (`infill`).
+    """
+    if sample_cfg.suffix is not None and ctx.cfg.data.fim.rate > 0:
+        return infill(ctx, sample_cfg).text
     processor = ctx.tokenizer.processor
     ids = encode_prompt(processor, sample_cfg.prompt)
     new = generate_ids(
@@ -169,3 +177,30 @@ def generate(ctx: TrainContext, sample_cfg: SampleConfig) -> str:
     )
     log.info("sample token ids: prompt %s + new %s", ids, new)
     return sample_cfg.prompt + continuation(processor.decode, ids, new)
+
+
+def infill(ctx: TrainContext, sample_cfg: SampleConfig) -> Infill:
+    """The middle between sample.prompt and sample.suffix, by a FIM-trained model (all ranks)."""
+    from pretrain.special_tokens import fim_ids
+
+    processor = ctx.tokenizer.processor
+    context = ctx.cfg.train.seq_length
+    suffix = sample_cfg.suffix or ""
+    ids, prefix_ids = prompt_ids(
+        processor, sample_cfg.prompt, suffix, fim_ids(ctx.cfg, ctx.data_manifests[0]), context - 1
+    )
+    new = generate_ids(
+        ctx.model,
+        ids,
+        sample_cfg,
+        ctx.dist,
+        context=context,
+        vocab_size=ctx.tokenizer.vocab_size,
+        eod=ctx.tokenizer.eod,
+        seed=ctx.cfg.seed,
+    )
+    log.info("infill token ids: prompt %s + new %s", ids, new)
+    middle = middle_text(processor.decode, prefix_ids, new, ctx.tokenizer.eod)
+    result = Infill(sample_cfg.prompt, middle, suffix)
+    report(result, new)
+    return result

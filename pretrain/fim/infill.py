@@ -65,8 +65,8 @@ def prompt_ids(
 ) -> tuple[list[int], list[int]]:
     """(prompt ids, prefix ids): the PSM prompt of at most `limit` tokens.
 
-    Too long a prompt loses prefix tokens from its start first, then suffix tokens from its end
-    (the text next to the middle is kept).
+    Too long a prompt is cut away from the middle: the prefix loses tokens at its start, the
+    suffix at its end, each side keeping at least half the room when it needs it.
     """
     pre = [int(i) for i in processor.encode(prefix)]
     suf = [int(i) for i in suffix_processor(processor).encode(suffix)]
