@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from pretrain.cli import parse_key_values, run_tool
-from pretrain.hf.export import ExportConfig, check_export_config, export, sample
+from pretrain.hf.export import ExportConfig, check_export_config, check_sample, export
 
 log = logging.getLogger("pretrain")
 
@@ -19,7 +19,8 @@ PROG = "python -m pretrain.export_hf"
 
 SUMMARY = (
     "Export a checkpoint (iter_XXXXXXX dir, run dir or its `latest`; any TP/PP/DP layout) to a\n"
-    "Hugging Face folder: LlamaForCausalLM or GPT2LMHeadModel + the SentencePiece tokenizer."
+    "Hugging Face folder: LlamaForCausalLM or GPT2LMHeadModel (objective=mlm checkpoints:\n"
+    "MegatronBertForMaskedLM) + the SentencePiece tokenizer."
 )
 EXAMPLES = (
     "python -m pretrain.export_hf checkpoint=checkpoints/tiny output=exported/tiny",
@@ -37,7 +38,7 @@ def parse_args(argv: list[str]) -> ExportConfig:
 def _export(cfg: ExportConfig) -> int:
     out = export(cfg)
     if cfg.sample_prompt:
-        text = sample(Path(out), cfg.sample_prompt, cfg.max_new_tokens)
+        text = check_sample(Path(out), cfg.sample_prompt, cfg.max_new_tokens)
         log.info("sample from the exported model: %r", text)
     return 0
 

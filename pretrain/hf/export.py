@@ -5,8 +5,11 @@ reshards on load), mapped to `LlamaForCausalLM` (RMSNorm/SwiGLU/RoPE) or `GPT2LM
 (LayerNorm/GELU/learned positions) by `pretrain.hf.mapping`, and written with config.json,
 model.safetensors, generation_config.json and the tokenizer: the SentencePiece tokenizer.model
 plus a tokenizer.json / tokenizer_config.json (`PreTrainedTokenizerFast`) that encodes and
-decodes exactly like it (`pretrain.hf.tokenizer`). The command is `python -m pretrain.export_hf`
-(`pretrain/export_hf.py`).
+decodes exactly like it (`pretrain.hf.tokenizer`; the FIM sentinels written in a prompt are
+their ids). An objective=mlm checkpoint (meta.json's `config.objective.name`) becomes a
+`MegatronBertForMaskedLM` instead (`pretrain.hf.bert`), with a tokenizer that frames the text
+in <s> ... </s> and reads `<mask>`; its check after export is the fill-mask pipeline, not a
+generated sample. The command is `python -m pretrain.export_hf` (`pretrain/export_hf.py`).
 """
 
 from __future__ import annotations
@@ -25,8 +28,15 @@ import torch
 from pretrain.checkpoint import layout, load_model_weights, meta
 from pretrain.checkpoint.meta import CheckpointError
 from pretrain.config import ConfigError, ModelConfig, ParallelConfig, SampleConfig
-from pretrain.hf import mapping, peft_format
-from pretrain.hf.tokenizer import special_ids, write_tokenizer
+from pretrain.hf import bert, mapping, peft_format
+from pretrain.hf.tokenizer import (
+    control_pieces,
+    fim_sentinels,
+    mask_piece,
+    special_ids,
+    write_bert_tokenizer,
+    write_tokenizer,
+)
 from pretrain.model import DTYPES
 from pretrain.sample import continuation
 
@@ -48,7 +58,9 @@ class ExportConfig:
     overwrite: bool = False
     """Replace an earlier export in `output` (only a folder holding export_info.json)."""
     sample_prompt: str | None = SampleConfig.prompt
-    """After export, load the folder with transformers and log a greedy sample (None = skip)."""
+    """After export, load the folder with transformers and log a greedy sample (None = skip).
+    objective=mlm checkpoints log the fill-mask pipeline's top 5 for each mask of this prompt
+    instead (a prompt without the mask piece is replaced by `def main(<mask>):`)."""
     max_new_tokens: int = 24
     """Length of that sample."""
     adapter_output: str | None = None
@@ -83,6 +95,11 @@ def load_megatron_model(
     from pretrain.model import build_model
 
     saved = meta.read_meta(ckpt_dir)
+    if objective_of(saved) == "mlm":
+        raise CheckpointError(
+            f"{ckpt_dir} is an objective=mlm (BERT) checkpoint: it does not generate text; "
+            "export it with `python -m pretrain.export_hf` and use the fill-mask pipeline"
+        )
     model_cfg = meta.model_config_from_meta(saved)
     vocab = saved["arch"]["vocab_size"]
     if not torch.distributed.is_initialized():
@@ -196,6 +213,8 @@ def export(cfg: ExportConfig) -> Path:
     if adapter_out is not None:
         check_output(adapter_out, cfg.overwrite)
     start = time.perf_counter()
+    if objective_of(meta.read_meta(ckpt_dir)) == "mlm":
+        return export_bert(cfg, ckpt_dir, out, adapter_out)
     saved, model_cfg, model = load_megatron_model(ckpt_dir, merge=False)
     dtype = DTYPES[saved["precision"] if cfg.dtype == "auto" else cfg.dtype]
     if cfg.adapter_output and not saved.get("peft"):
@@ -219,7 +238,8 @@ def export(cfg: ExportConfig) -> Path:
 
     def write_model(tmp: Path) -> None:
         hf_model.save_pretrained(str(tmp), safe_serialization=True)
-        write_tokenizer(tmp, tok_path, special, model_cfg.max_position_embeddings)
+        fim = control_pieces(tok_path, fim_sentinels(saved))
+        write_tokenizer(tmp, tok_path, special, model_cfg.max_position_embeddings, fim)
 
     _write_folder(out, write_model, info)
     if adapter_out is not None and adapter is not None:
@@ -234,6 +254,84 @@ def export(cfg: ExportConfig) -> Path:
         time.perf_counter() - start,
     )
     return out
+
+
+def objective_of(saved: dict[str, Any]) -> str:
+    """The training objective recorded in meta.json (lm for checkpoints older than the key)."""
+    return saved.get("config", {}).get("objective", {}).get("name", "lm")
+
+
+def export_bert(cfg: ExportConfig, ckpt_dir: Path, out: Path, adapter_out: Path | None) -> Path:
+    """objective=mlm: the BertModel checkpoint -> a MegatronBertForMaskedLM folder."""
+    if adapter_out is not None:
+        raise ConfigError("export_hf: adapter_output= needs a LoRA checkpoint of objective=lm")
+    start = time.perf_counter()
+    saved = meta.read_meta(ckpt_dir)
+    tok_path = find_tokenizer(cfg.tokenizer, ckpt_dir, saved)
+    special = special_ids(tok_path)
+    mask = mask_piece(saved)
+    if not control_pieces(tok_path, [mask], user_defined=True):
+        raise CheckpointError(
+            f"{tok_path} has no control or user-defined piece {mask!r} (objective.mask_token); "
+            "pass tokenizer=PATH/tokenizer.model of the data the run trained on"
+        )
+    model_cfg, model = bert.load_bert(ckpt_dir, saved)
+    dtype = DTYPES[saved["precision"] if cfg.dtype == "auto" else cfg.dtype]
+    vocab = saved["arch"]["vocab_size"]
+    hf_model = bert.build_hf_bert(model_cfg, vocab, megatron_state_dict(model), special, dtype)
+    info = {
+        "source": str(ckpt_dir),
+        "step": saved["step"],
+        "family": "megatron-bert",
+        "objective": "mlm",
+        "dtype": str(dtype),
+        "layout": saved["layout"],
+    }
+
+    def write_model(tmp: Path) -> None:
+        hf_model.save_pretrained(str(tmp), safe_serialization=True)
+        write_bert_tokenizer(tmp, tok_path, special, model_cfg.max_position_embeddings, mask)
+
+    _write_folder(out, write_model, info)
+    log.info(
+        "exported %s (step %d, objective=mlm) as %s to %s in %.1fs",
+        ckpt_dir,
+        saved["step"],
+        type(hf_model).__name__,
+        out,
+        time.perf_counter() - start,
+    )
+    return out
+
+
+def check_generates(out_dir: Path) -> None:
+    """CheckpointError for a masked-LM folder (our BERT export): transformers would load it as
+    `MegatronBertForCausalLM` and generate text the encoder was never trained to write."""
+    config_path = out_dir / "config.json"
+    model_type = (
+        json.loads(config_path.read_text()).get("model_type") if config_path.is_file() else None
+    )
+    if model_type == "megatron-bert":
+        raise CheckpointError(
+            f"{out_dir} is a masked-LM export (objective=mlm, MegatronBertForMaskedLM): it does "
+            "not generate text; use transformers' fill-mask pipeline on it"
+        )
+
+
+def check_sample(out_dir: Path, prompt: str, max_new_tokens: int) -> str:
+    """The post-export check `python -m pretrain.export_hf` logs: a greedy sample of a causal
+    LM; for a masked LM (export_info.json family megatron-bert) the fill-mask top 5 per mask."""
+    info = json.loads((out_dir / "export_info.json").read_text())
+    if info.get("family") != "megatron-bert":
+        return sample(out_dir, prompt, max_new_tokens)
+    from transformers import AutoTokenizer
+
+    mask = AutoTokenizer.from_pretrained(str(out_dir)).mask_token
+    if mask not in prompt:
+        prompt = f"def main({mask}):"
+    found = bert.fill_mask(out_dir, prompt)
+    guesses = [[(p["token_str"], round(p["score"], 3)) for p in per_mask] for per_mask in found]
+    return f"fill-mask {prompt!r}: {guesses}"
 
 
 def _write_folder(out: Path, write: Any, info: dict[str, Any]) -> None:
@@ -264,6 +362,7 @@ def sample(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_generates(out_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(out_dir))
     model = AutoModelForCausalLM.from_pretrained(str(out_dir), dtype=torch.float32).eval()
     ids = tokenizer(prompt, return_tensors="pt")["input_ids"]

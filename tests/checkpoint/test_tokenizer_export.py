@@ -46,7 +46,7 @@ LLAMA = {
 def _write_export_files(out: Path, tokenizer_model: Path, family: str) -> None:
     from pretrain.config import ModelConfig
     from pretrain.hf import mapping
-    from pretrain.hf.tokenizer import special_ids, write_tokenizer
+    from pretrain.hf.tokenizer import FIM_PIECES, control_pieces, special_ids, write_tokenizer
 
     model_cfg = ModelConfig(**(LLAMA if family == "llama" else {}))
     assert mapping.hf_family(model_cfg) == family
@@ -54,7 +54,8 @@ def _write_export_files(out: Path, tokenizer_model: Path, family: str) -> None:
     config = mapping.hf_config(model_cfg, special["vocab_size"], family, special, torch.float32)
     out.mkdir(parents=True)
     config.save_pretrained(str(out))
-    write_tokenizer(out, tokenizer_model, special, model_cfg.max_position_embeddings)
+    fim = control_pieces(tokenizer_model, list(FIM_PIECES))  # as pretrain.hf.export passes them
+    write_tokenizer(out, tokenizer_model, special, model_cfg.max_position_embeddings, fim)
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
@@ -113,6 +114,89 @@ def test_tokenizer_files_name_the_generic_fast_class(export_dir: Path) -> None:
     assert (export_dir / "tokenizer.model").is_file()
     tok = AutoTokenizer.from_pretrained(str(export_dir))
     assert tok("x")["input_ids"] == _sp(export_dir).encode("x")  # no BOS/EOS added
+
+
+def _inside(sp, before: str, text: str) -> list[int]:
+    """The tokens `text` has inside a document right after `before` (a token boundary)."""
+    head, whole = sp.encode(before), sp.encode(before + text)
+    assert whole[: len(head)] == head, (before, text)
+    return whole[len(head) :]
+
+
+FIM_PROMPTS = [
+    ("def f(a):\n", "    return a\n"),
+    ("import os\n\n", "print(os.sep)\n"),
+    ("x = [1, 2, 3]", ""),
+    ("", "    pass\n"),
+]
+"""(prefix, suffix) pairs of infilling prompts; each prefix ends at a token boundary."""
+
+
+def test_fim_sentinels_in_text_are_their_ids(export_dir: Path) -> None:
+    """`<fim_prefix>` a `<fim_suffix>` b `<fim_middle>` encodes as training wrote it: the
+    prefix as the document's start (dummy-prefix space), the suffix as inside the document."""
+    from transformers import AutoTokenizer
+
+    from pretrain.hf.tokenizer import FIM_PIECES
+
+    tok = AutoTokenizer.from_pretrained(str(export_dir))
+    sp = _sp(export_dir)
+    prefix, middle, suffix, pad = (sp.piece_to_id(p) for p in FIM_PIECES)
+    assert all(sp.is_control(i) for i in (prefix, middle, suffix, pad))
+    assert [tok.convert_tokens_to_ids(p) for p in FIM_PIECES] == [prefix, middle, suffix, pad]
+    for before, after in FIM_PROMPTS:
+        text = f"<fim_prefix>{before}<fim_suffix>{after}<fim_middle>"
+        ids = tok(text)["input_ids"]
+        inside = _inside(sp, before + "x\n", after)  # the suffix follows some middle text
+        assert ids == [prefix, *sp.encode(before), suffix, *inside, middle], (text, ids)
+        assert tok.decode(ids) == text  # sentinels are not "special": written back, not skipped
+        assert tok.decode(ids, skip_special_tokens=True) == text
+    spm_text = "<fim_prefix><fim_suffix>    return a\n<fim_middle>"  # SPM: suffix first
+    assert tok(spm_text)["input_ids"] == [
+        prefix,
+        suffix,
+        *_inside(sp, "x\n", "    return a\n"),
+        middle,
+    ]
+    assert tok("a<fim_pad>b")["input_ids"] == [*sp.encode("a"), pad, *_inside(sp, "a", "b")]
+    # the other control pieces stay text (split_special_tokens): as SentencePiece encodes them
+    assert tok("</s><mask>")["input_ids"] == sp.encode("</s><mask>")
+
+
+def test_fim_prompt_ids_equal_the_infill_cli(export_dir: Path) -> None:
+    """transformers users get the ids `python -m pretrain.generate suffix=...` prompts with."""
+    from transformers import AutoTokenizer
+
+    from pretrain.config import FimConfig
+    from pretrain.fim.infill import prompt_ids, sentinel_ids
+
+    tok = AutoTokenizer.from_pretrained(str(export_dir))
+    sp = _sp(export_dir)
+    ids = sentinel_ids(sp, FimConfig().tokens(), str(export_dir))
+    for before, after in [*FIM_PROMPTS, (" lead", "\n\n  tail "), ("a\tb", "\r\nc")]:
+        expected, _ = prompt_ids(sp, before, after, ids, 10_000)
+        text = f"<fim_prefix>{before}<fim_suffix>{after}<fim_middle>"
+        assert tok(text)["input_ids"] == expected, (before, after)
+
+
+def test_fim_pieces_only_where_the_tokenizer_has_them(tmp_path: Path) -> None:
+    import sentencepiece as spm
+
+    from pretrain.hf.tokenizer import FIM_PIECES, control_pieces, sentencepiece_backend
+
+    path = tmp_path / "plain.model"
+    texts = [Path(p).read_text(encoding="utf-8") for p in stdlib_sample_files(60_000)]
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts),
+        model_prefix=str(path.with_suffix("")),
+        model_type="bpe",
+        vocab_size=300,
+        minloglevel=2,
+        user_defined_symbols=["<fim_pad>"],  # user-defined, not control: SentencePiece's own
+    )
+    assert control_pieces(path, list(FIM_PIECES)) == []
+    backend = sentencepiece_backend(path, [])
+    assert backend.get_added_tokens_decoder() == {}
 
 
 OTHER_SETTINGS = {
