@@ -211,8 +211,9 @@ def _infill(
 def from_hf(cfg: GenerateConfig, prompt: str, suffix: str | None = None) -> str:
     """Prompt + continuation by the Hugging Face folder, with transformers' generate; with
     `suffix`, prompt + infilled middle + suffix (ids from the folder's tokenizer.model)."""
-    from pretrain.hf.export import sample
+    from pretrain.hf.export import check_generates, sample
 
+    check_generates(Path(cfg.hf))
     if suffix is None:
         return sample(
             Path(cfg.hf), prompt, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.seed

@@ -2,7 +2,9 @@
 
 metrics.jsonl holds one JSON row per logged step (an evaluation at that step, the final one
 included, is merged into the step's row). On resume, rank 0 first rewrites it to the rows of
-steps <= the resumed step, so steps replayed after a crash appear once.
+steps <= the resumed step, so steps replayed after a crash appear once. objective=mlm rows add
+`accuracy`, `valid_accuracy` (masked-token accuracy) and `masked_tokens`; the console shows
+both accuracies, the W&B / TensorBoard summary their last values (`final_accuracy`, ...).
 
 W&B offline: wandb (0.2x-0.3x) writes one `offline-run-<time>-<id>/run-<id>.wandb` folder per
 process and never reuses an existing one (`wandb.init` even adds a `-1` suffix to avoid it), so
@@ -71,7 +73,15 @@ def memory_gib() -> float:
     return psutil.Process().memory_info().rss / 2**30
 
 
-FINAL_KEYS = ("step", "loss", "valid_loss", "valid_ppl", "consumed_tokens")
+FINAL_KEYS = (
+    "step",
+    "loss",
+    "valid_loss",
+    "valid_ppl",
+    "accuracy",
+    "valid_accuracy",
+    "consumed_tokens",
+)
 """Keys of the last metrics row that the W&B / TensorBoard summary holds (as `final_<key>`)."""
 
 NOT_SCALARS = ("step", "max_steps")
@@ -122,13 +132,14 @@ class MetricsLogger:
                 self.tensorboard.add_scalar(key, value, global_step=record["step"])
             self.tensorboard.flush()
         if "loss" in record:
-            log.info(console_line(record))
+            log.info(console_line(record) + _accuracy_text(record.get("accuracy")))
         if record.get("valid_loss") is not None:
             log.info(
-                "step %d | valid loss %.4f | valid ppl %.2f",
+                "step %d | valid loss %.4f | valid ppl %.2f%s",
                 record["step"],
                 record["valid_loss"],
                 record["valid_ppl"],
+                _accuracy_text(record.get("valid_accuracy"), "valid accuracy"),
             )
 
     def summary(self, values: dict[str, Any]) -> None:
@@ -151,6 +162,11 @@ class MetricsLogger:
         if self.wandb is not None:
             self.wandb.finish()
             self.wandb = None
+
+
+def _accuracy_text(value: float | None, name: str = "accuracy") -> str:
+    """` | accuracy 0.4213` for objective=mlm's masked-token accuracy; "" when absent."""
+    return "" if value is None else f" | {name} {value:.4f}"
 
 
 class NullLogger:

@@ -1,13 +1,14 @@
 """The training run: `setup(cfg) -> TrainContext`, `train(ctx)`, `run(cfg)`.
 
-Flow: init process groups -> tokenizer/manifests -> model (megatron GPTModel chunks, DDP) ->
-optimizer/scheduler -> `checkpoint.load_at_start` -> data iterators at state.consumed_samples
--> logger (W&B resumes state.wandb_run_id) -> loop: train_step, evaluate, log, maybe_save,
-preemption check -> sample, `checkpoint.finalize`, summary, report.
+Flow: init process groups -> tokenizer/manifests -> model (megatron GPTModel chunks, or
+BertModel ones for objective=mlm; DDP) -> optimizer/scheduler -> `checkpoint.load_at_start` ->
+data iterators at state.consumed_samples -> logger (W&B resumes state.wandb_run_id) -> loop:
+train_step, evaluate, log, maybe_save, preemption check -> sample, `checkpoint.finalize`,
+summary, report.
 
 The last step of the run (max_steps) runs the final evaluation inside the loop, so its row in
-metrics.jsonl holds valid_loss/valid_ppl; a job that ends at train.stop_at_step does not
-evaluate beyond eval.interval.
+metrics.jsonl holds valid_loss/valid_ppl (objective=mlm: also valid_accuracy); a job that ends
+at train.stop_at_step does not evaluate beyond eval.interval.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from pretrain.progress import StepMeter, progress_fields
 from pretrain.run_lock import RunLock
 from pretrain.sample import generate
 from pretrain.sft.build import sft_attention
-from pretrain.step import StepResult, evaluate, train_step
+from pretrain.step import StepResult, evaluate_metrics, train_step
 
 log = logging.getLogger("pretrain")
 
@@ -50,20 +51,39 @@ class TrainingDiverged(RuntimeError):
     """Too many consecutive skipped steps (non-finite loss or gradients)."""
 
 
-def _build_core(
-    cfg: PretrainConfig, manifests: list[dict[str, Any]], dist: DistInfo
-) -> TrainContext:
-    tokenizer = SentencePieceTokenizer(manifests[0])
+def _build_chunks(cfg: PretrainConfig, vocab_size: int) -> list[torch.nn.Module]:
+    """This rank's unwrapped model chunks: BertModel for objective=mlm, GPTModel otherwise."""
     t = cfg.train
-    chunks = build_model(
+    if cfg.objective.name == "mlm":
+        from pretrain.mlm.model import build_bert_model
+
+        return build_bert_model(
+            cfg.model, cfg.parallel, vocab_size, cfg.precision, t.activation_recompute
+        )
+    return build_model(
         cfg.model,
         cfg.parallel,
-        vocab_size=tokenizer.vocab_size,
+        vocab_size=vocab_size,
         seq_length=t.seq_length,
         precision=cfg.precision,
         activation_recompute=t.activation_recompute,
         calculate_per_token_loss=cfg.objective.name == "sft",
     )
+
+
+def _flops_per_token(cfg: PretrainConfig, padded_vocab: int) -> float:
+    from pretrain.mlm.model import mlm_flops_per_token
+
+    per_token = mlm_flops_per_token if cfg.objective.name == "mlm" else flops_per_token
+    return per_token(cfg.model, padded_vocab, cfg.train.seq_length)
+
+
+def _build_core(
+    cfg: PretrainConfig, manifests: list[dict[str, Any]], dist: DistInfo
+) -> TrainContext:
+    tokenizer = SentencePieceTokenizer(manifests[0])
+    t = cfg.train
+    chunks = _build_chunks(cfg, tokenizer.vocab_size)
     apply_peft(chunks, cfg.peft, cfg.seed)  # LoRA: adapters added, base frozen (before DDP)
     model = wrap_model(chunks, cfg.parallel, cfg.precision)
     max_steps = t.steps_for(t.global_batch_size * t.seq_length)
@@ -82,7 +102,7 @@ def _build_core(
         max_steps=max_steps,
         num_microbatches=t.global_batch_size // (t.micro_batch_size * dist.dp_size),
         padded_vocab_size=padded,
-        flops_per_token=flops_per_token(cfg.model, padded, t.seq_length),
+        flops_per_token=_flops_per_token(cfg, padded),
         sft_attention=sft_attention(cfg),
     )
 
@@ -90,14 +110,18 @@ def _build_core(
 def _build_data(ctx: TrainContext) -> None:
     cfg = ctx.cfg
     sizes = dataset_num_samples(ctx.max_steps, cfg.train.global_batch_size, 0, cfg.eval.iters)
-    if ctx.sft_attention is None:
-        datasets = build_datasets(
-            cfg.data, ctx.data_manifests, ctx.tokenizer, cfg.train.seq_length, cfg.seed, sizes
-        )
-    else:
+    if ctx.objective == "mlm":
+        from pretrain.mlm.dataset import build_mlm_datasets
+
+        datasets = build_mlm_datasets(cfg, ctx.data_manifests, ctx.tokenizer, sizes)
+    elif ctx.objective == "sft":
         from pretrain.sft.build import build_run_datasets
 
         datasets = build_run_datasets(cfg, ctx.data_manifests, ctx.sft_attention, sizes)
+    else:
+        datasets = build_datasets(
+            cfg.data, ctx.data_manifests, ctx.tokenizer, cfg.train.seq_length, cfg.seed, sizes
+        )
     ctx.train_dataset, ctx.valid_dataset = datasets[0], datasets[1]
     if ctx.valid_dataset is None and cfg.eval.iters > 0:
         log.warning("no validation split (data.split=%s): evaluation is off", cfg.data.split)
@@ -232,15 +256,18 @@ def _record(ctx: TrainContext, result: StepResult, meter: StepMeter) -> dict[str
         "fwd_bwd_s": result.fwd_bwd_s,
         "optim_s": result.optim_s,
         "mem_gib": memory_gib(),
-        **_sft_fields(ctx, result),
+        **_objective_fields(ctx, result),
         **progress,
     }
 
 
-def _sft_fields(ctx: TrainContext, result: StepResult) -> dict[str, Any]:
-    """objective=sft: the global batch's target tokens and their share of its tokens."""
+def _objective_fields(ctx: TrainContext, result: StepResult) -> dict[str, Any]:
+    """sft: the global batch's target tokens and their share of its tokens; mlm: the masked
+    tokens and the masked-token accuracy."""
     if result.target_tokens is None:
         return {}
+    if ctx.objective == "mlm":
+        return {"accuracy": result.accuracy, "masked_tokens": result.target_tokens}
     return {
         "target_tokens": result.target_tokens,
         "packing_efficiency": result.target_tokens / ctx.tokens_per_step,
@@ -281,10 +308,13 @@ def _should_eval(ctx: TrainContext) -> bool:
 
 
 def _eval_record(ctx: TrainContext) -> dict[str, Any] | None:
-    valid = evaluate(ctx)
+    valid = evaluate_metrics(ctx)
     if valid is None:
         return None
-    return {"step": ctx.state.step, "valid_loss": valid, "valid_ppl": perplexity(valid)}
+    record = {"step": ctx.state.step, "valid_loss": valid.loss, "valid_ppl": perplexity(valid.loss)}
+    if valid.accuracy is not None:
+        record["valid_accuracy"] = valid.accuracy
+    return record
 
 
 def _last_step(ctx: TrainContext) -> int:
@@ -323,13 +353,26 @@ def train(ctx: TrainContext) -> int:
     return 0
 
 
+def _sample(ctx: TrainContext) -> str | None:
+    """The end-of-run sample: mlm fills the prompt's masks, lm/sft continue the prompt (None:
+    sample.enabled=false, or max_new_tokens=0 for a continuation)."""
+    sample = ctx.cfg.sample
+    if not sample.enabled:
+        return None
+    if ctx.objective == "mlm":
+        from pretrain.mlm.sample import fill_masks
+
+        return fill_masks(ctx, sample)
+    return generate(ctx, sample) if sample.max_new_tokens > 0 else None
+
+
 def finish(ctx: TrainContext) -> None:
     """End of training (the final validation ran with the last step): text sample, checkpoint
     finalize, the run's summary (the last metrics row's values) and the report."""
     cfg = ctx.cfg
-    if cfg.sample.enabled and cfg.sample.max_new_tokens > 0:
-        start = time.perf_counter()
-        text = generate(ctx, cfg.sample)
+    start = time.perf_counter()
+    text = _sample(ctx)
+    if text is not None:
         log.info("sample (%.1f s):\n%s", time.perf_counter() - start, text)
         ctx.sample_text = text
         if ctx.dist.is_rank0:

@@ -60,8 +60,15 @@ REQUIRED_KEYS = (
 """Paths of the meta.json keys that loading and the Hugging Face export read."""
 
 
+_PIECE_KEYS = frozenset({"prefix_token", "middle_token", "suffix_token", "pad_token", "mask_token"})
+"""Config keys that name tokenizer pieces (data.fim.*_token, objective.mask_token), not secrets."""
+
+
 def is_secret_name(name: str) -> bool:
-    """True for names like WANDB_API_KEY, hf_token, db-password (not for 'tokenizer')."""
+    """True for names like WANDB_API_KEY, hf_token, db-password (not for 'tokenizer' or the
+    tokenizer-piece keys such as mask_token)."""
+    if name in _PIECE_KEYS:
+        return False
     parts = [p for p in _SPLIT.split(name.lower()) if p]
     return any(part in _SECRET_WORDS for part in parts)
 
@@ -245,7 +252,7 @@ def check_compatible(
     weights_only: bool,
 ) -> None:
     """Raise CheckpointError naming every incompatibility between a checkpoint and this run."""
-    problems = []
+    problems = _objective_change(meta, cfg)
     saved_arch, arch = meta.get("arch", {}), arch_of(cfg.model, vocab)
     for key, now in arch.items():
         if key in saved_arch and saved_arch[key] != now:
@@ -283,6 +290,26 @@ def check_compatible(
             + "\n  - ".join(problems)
             + f"\n{hint}"
         )
+
+
+def model_family(objective: str) -> str:
+    """The model an objective trains: `bert` (objective=mlm) or `gpt` (lm, sft)."""
+    return "bert" if objective == "mlm" else "gpt"
+
+
+def _objective_change(meta: dict[str, Any], cfg: PretrainConfig) -> list[str]:
+    """A BERT checkpoint (objective=mlm) never loads into a GPT run, nor the other way round
+    (different modules, and an encoder's weights are no decoder's); lm <-> sft is allowed."""
+    saved = meta.get("config", {}).get("objective", {}).get("name", "lm")
+    now = cfg.objective.name
+    if model_family(saved) == model_family(now):
+        return []
+    return [
+        f"objective: checkpoint was trained with objective={saved} "
+        f"({model_family(saved).upper()}), this run has objective={now} "
+        f"({model_family(now).upper()}); a checkpoint only loads into a run of the same model "
+        f"(set objective={saved}, or start {now} from scratch in another run.dir)"
+    ]
 
 
 def _data_changes(saved: list[dict], now: list[dict]) -> list[str]:

@@ -13,7 +13,9 @@ the local spec (megatron's torch-norm fallback refuses sequence parallelism).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 
 import torch
 
@@ -55,14 +57,28 @@ def _block_spec_for_bert(config, layer_spec, final_norm, stage):
     return block
 
 
-def _fix_lm_head(model, config) -> None:
-    """The masked-LM head: a sequence-parallel-capable norm and a layout-free dense init."""
+@contextlib.contextmanager
+def _head_norm() -> Iterator[None]:
+    """BertLMHead builds its LayerNorm from `bert_lm_head.LNImpl` inside BertModel.__init__
+    (megatron's torch-norm fallback, which refuses sequence parallelism): while the model is
+    built, that name is our SequenceParallelNorm; restored afterwards."""
+    from megatron.core.models.bert import bert_lm_head
+
     from pretrain.compat import SequenceParallelNorm
 
-    head = model.lm_head
-    head.layer_norm = SequenceParallelNorm(config, config.hidden_size, eps=config.layernorm_epsilon)
+    saved = bert_lm_head.LNImpl
+    bert_lm_head.LNImpl = SequenceParallelNorm
+    try:
+        yield
+    finally:
+        bert_lm_head.LNImpl = saved
+
+
+def _init_lm_head(model, config) -> None:
+    """The masked-LM head's dense layer: a layout-free CPU init from its own seed."""
     if not config.use_cpu_initialization:
         return
+    head = model.lm_head
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(torch.initial_seed() + _INIT_SEED_STRIDE * (config.num_layers + 2))
         weight = torch.empty_like(head.dense.weight, dtype=torch.float32)
@@ -102,26 +118,27 @@ def build_bert_model(
     chunks = []
     for vp_stage in range(vpp or 1):
         stage = vp_stage if vpp else None
-        model = BertModel(
-            config=config,
-            num_tokentypes=0,
-            transformer_layer_spec=_block_spec_for_bert(config, layer_spec, final_norm, stage),
-            vocab_size=padded,
-            max_sequence_length=model_cfg.max_position_embeddings,
-            pre_process=parallel_state.is_pipeline_first_stage(
-                ignore_virtual=False, vp_stage=stage
-            ),
-            post_process=parallel_state.is_pipeline_last_stage(
-                ignore_virtual=False, vp_stage=stage
-            ),
-            share_embeddings_and_output_weights=model_cfg.share_embeddings_and_output_weights,
-            position_embedding_type=model_cfg.position_embedding_type,
-            add_binary_head=False,
-            vp_stage=stage,
-        )
+        with _head_norm():
+            model = BertModel(
+                config=config,
+                num_tokentypes=0,
+                transformer_layer_spec=_block_spec_for_bert(config, layer_spec, final_norm, stage),
+                vocab_size=padded,
+                max_sequence_length=model_cfg.max_position_embeddings,
+                pre_process=parallel_state.is_pipeline_first_stage(
+                    ignore_virtual=False, vp_stage=stage
+                ),
+                post_process=parallel_state.is_pipeline_last_stage(
+                    ignore_virtual=False, vp_stage=stage
+                ),
+                share_embeddings_and_output_weights=model_cfg.share_embeddings_and_output_weights,
+                position_embedding_type=model_cfg.position_embedding_type,
+                add_binary_head=False,
+                vp_stage=stage,
+            )
         model.model_type = _encoder_or_decoder()
         if model.post_process:
-            _fix_lm_head(model, config)
+            _init_lm_head(model, config)
             if not model_cfg.share_embeddings_and_output_weights and config.use_cpu_initialization:
                 _reinit_output_layer(
                     model,
@@ -134,3 +151,17 @@ def build_bert_model(
             model.cuda(torch.cuda.current_device())
         chunks.append(model)
     return chunks
+
+
+def mlm_flops_per_token(model_cfg: ModelConfig, padded_vocab: int, seq_length: int) -> float:
+    """Training FLOPs per token of the BERT model (approximate, for TFLOP/s and MFU).
+
+    GPT's estimate (`pretrain.model.flops_per_token`: 6N over the matmuls plus the attention
+    scores, which it already counts over the full, here bidirectional, sequence) plus the
+    head's dense h x h matmul (6 h^2); the logits are computed at every position, as in GPT.
+    Norms, biases and the GELU are left out, as there.
+    """
+    from pretrain.model import flops_per_token
+
+    h = model_cfg.hidden_size
+    return flops_per_token(model_cfg, padded_vocab, seq_length) + 6.0 * h * h
