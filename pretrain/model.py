@@ -175,6 +175,23 @@ def _block_spec(config, layer_spec, final_norm, vp_stage: int | None):
     return TransformerBlockSubmodules(layer_specs=[layer_spec] * num_layers, layer_norm=final_norm)
 
 
+def chunk_stages(parallel_cfg: ParallelConfig) -> list[tuple[int | None, bool, bool]]:
+    """(vp_stage, pre_process, post_process) of each model chunk this rank builds (one per
+    virtual pipeline stage; vp_stage None without VPP). Needs an initialised parallel_state."""
+    from megatron.core import parallel_state
+
+    vpp = parallel_cfg.virtual_pipeline_model_parallel_size
+    stages = list(range(vpp)) if vpp else [None]
+    return [
+        (
+            stage,
+            parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
+            parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage),
+        )
+        for stage in stages
+    ]
+
+
 def build_model(
     model_cfg: ModelConfig,
     parallel_cfg: ParallelConfig,
@@ -206,21 +223,15 @@ def build_model(
     )
     layer_spec, final_norm = build_layer_spec(config)
     padded = model_cfg.padded_vocab_size(vocab_size, parallel_cfg.tensor_model_parallel_size)
-    vpp = parallel_cfg.virtual_pipeline_model_parallel_size
     chunks = []
-    for vp_stage in range(vpp or 1):
-        stage = vp_stage if vpp else None
+    for stage, pre_process, post_process in chunk_stages(parallel_cfg):
         model = GPTModel(
             config=config,
             transformer_layer_spec=_block_spec(config, layer_spec, final_norm, stage),
             vocab_size=padded,
             max_sequence_length=model_cfg.max_position_embeddings,
-            pre_process=parallel_state.is_pipeline_first_stage(
-                ignore_virtual=False, vp_stage=stage
-            ),
-            post_process=parallel_state.is_pipeline_last_stage(
-                ignore_virtual=False, vp_stage=stage
-            ),
+            pre_process=pre_process,
+            post_process=post_process,
             share_embeddings_and_output_weights=model_cfg.share_embeddings_and_output_weights,
             position_embedding_type=model_cfg.position_embedding_type,
             rotary_base=model_cfg.rotary_base,

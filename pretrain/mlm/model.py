@@ -27,6 +27,7 @@ from pretrain.model import (
     _reinit_output_layer,
     _seeded_layer_class,
     build_transformer_config,
+    chunk_stages,
 )
 
 
@@ -114,10 +115,8 @@ def build_bert_model(
     )
     layer_spec, final_norm = build_bert_layer_spec()
     padded = model_cfg.padded_vocab_size(vocab_size, parallel_cfg.tensor_model_parallel_size)
-    vpp = parallel_cfg.virtual_pipeline_model_parallel_size
     chunks = []
-    for vp_stage in range(vpp or 1):
-        stage = vp_stage if vpp else None
+    for stage, pre_process, post_process in chunk_stages(parallel_cfg):
         with _head_norm():
             model = BertModel(
                 config=config,
@@ -125,12 +124,8 @@ def build_bert_model(
                 transformer_layer_spec=_block_spec_for_bert(config, layer_spec, final_norm, stage),
                 vocab_size=padded,
                 max_sequence_length=model_cfg.max_position_embeddings,
-                pre_process=parallel_state.is_pipeline_first_stage(
-                    ignore_virtual=False, vp_stage=stage
-                ),
-                post_process=parallel_state.is_pipeline_last_stage(
-                    ignore_virtual=False, vp_stage=stage
-                ),
+                pre_process=pre_process,
+                post_process=post_process,
                 share_embeddings_and_output_weights=model_cfg.share_embeddings_and_output_weights,
                 position_embedding_type=model_cfg.position_embedding_type,
                 add_binary_head=False,
