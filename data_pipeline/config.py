@@ -121,11 +121,13 @@ class TokenizerConfig:
             "<fim_suffix>",
             "<fim_pad>",
             "<mask>",
+            "<image>",
         ]
     )
     """Pieces a trained tokenizer reserves (SentencePiece control symbols, ids 4, 5, ... after
     <unk> <s> </s> <pad>) for the training objectives: the fill-in-the-middle sentinels
-    (pretrain data.fim.*) and the masked-LM mask (objective=mlm). They are never produced from
+    (pretrain data.fim.*), the masked-LM mask (objective=mlm) and the image placeholder of
+    image-text data (objective=llava, pretrain vision.image_token). They are never produced from
     text (a document containing the string `<mask>` is encoded as ordinary text), only placed by
     id, and are listed in manifest `tokenizer.special_tokens`. [] reserves none. Ignored with
     tokenizer.model (its own pieces are listed)."""

@@ -24,7 +24,8 @@ CHOICES = {
     "train.activation_recompute": ("none", "selective", "full"),
     "logging.wandb.mode": ("offline", "online", "disabled"),
     "cluster.check": ("warn", "error", "off"),
-    "objective.name": ("lm", "sft", "mlm"),
+    "objective.name": ("lm", "sft", "mlm", "llava"),
+    "vision.stage": ("align", "joint"),
     "data.fim.level": ("document", "context"),
     "peft.type": ("none", "lora"),
 }
@@ -213,7 +214,11 @@ class ObjectiveConfig:
     attention mask (docs/finetuning.md).
     mlm: masked language modelling (RoBERTa-style dynamic masking) with megatron-core's
     BertModel (an encoder: bidirectional attention, local layer spec) on windows of the same
-    data directories; the loss counts only the masked positions (docs/objectives.md)."""
+    data directories; the loss counts only the masked positions (docs/objectives.md).
+    llava: image-text pretraining (megatron-core LLaVAModel: a CLIP-style ViT, an MLP projector
+    and our GPT) on image-caption data (`python -m data_pipeline input=synthetic_images`, or
+    input.format=image_text|webdataset|hf_images); the loss counts only the caption tokens
+    (`vision.*`, docs/multimodal.md)."""
     pack: bool = True
     """sft: pack several examples into each train.seq_length sequence (no example attends to
     another; positions restart per example). false: one example per sequence, padded."""
@@ -228,6 +233,53 @@ class ObjectiveConfig:
     mask_token: str = "<mask>"
     """mlm: the mask piece of the tokenizer (`python -m data_pipeline` reserves it,
     tokenizer.reserved_tokens). CLS, SEP and padding are the tokenizer's <s>, </s> and <pad>."""
+
+
+@dataclass
+class VisionConfig:
+    """objective=llava: the image encoder, the projector and the training stage (ignored by the
+    other objectives). docs/multimodal.md."""
+
+    image_size: int = 32
+    """Image height = width in pixels the ViT reads; must equal the data's manifest
+    image_text.image_size (the data pipeline resizes and crops every image to it)."""
+    patch_size: int = 8
+    """ViT patch width in pixels (image_size must be divisible by it): (image_size /
+    patch_size)^2 image embeddings take the place of the <image> token in the sequence."""
+    num_layers: int = 2
+    """ViT transformer layers (bidirectional attention over the patches and a class token)."""
+    hidden_size: int = 64
+    """ViT width."""
+    num_attention_heads: int = 4
+    """ViT attention heads (divisible by parallel.tensor_model_parallel_size)."""
+    ffn_hidden_size: int | None = None
+    """ViT MLP width (None = 4 x vision.hidden_size)."""
+    projector_ffn_hidden_size: int | None = None
+    """Hidden width of the 2-layer MLP projector from ViT width to model.hidden_size (None =
+    model.ffn_hidden_size or 4 x model.hidden_size)."""
+    drop_class_token: bool = True
+    """Drop the ViT's class-token output, so only the patch embeddings reach the LM."""
+    stage: str = "joint"
+    """align: train only the projector (the language model and the ViT are frozen; LLaVA's
+    stage 1); joint: train the projector and the language model (and the ViT unless
+    vision.freeze_vision; LLaVA's stage 2)."""
+    freeze_vision: bool = False
+    """stage=joint: keep the ViT frozen."""
+    language_checkpoint: str | None = None
+    """A text-pretraining run's checkpoint (a run dir, whose `latest` is taken, or an
+    iter_XXXXXXX dir) whose GPT weights initialise the language model when this run starts
+    from step 0 (not on resume; not with checkpoint.load). null: a randomly initialised LM."""
+    image_token: str = "<image>"
+    """The tokenizer piece that marks the image's place in a sample (`python -m data_pipeline`
+    reserves it: tokenizer.reserved_tokens); the model replaces it with the image embeddings."""
+
+    def ffn_size(self) -> int:
+        """Effective ViT MLP width."""
+        return self.ffn_hidden_size or 4 * self.hidden_size
+
+    def num_patches(self) -> int:
+        """Image embeddings per image (the class token dropped or not aside)."""
+        return (self.image_size // self.patch_size) ** 2
 
 
 @dataclass
@@ -435,9 +487,11 @@ class PretrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     """Training data."""
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    """What the loss trains (`objective=lm|sft|mlm`)."""
+    """What the loss trains (`objective=lm|sft|mlm|llava`)."""
     peft: PeftConfig = field(default_factory=PeftConfig)
     """Parameter-efficient fine-tuning (`peft=none|lora`)."""
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    """objective=llava: image encoder, projector and training stage (`vision.*`)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Optimizer and LR schedule."""
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -468,6 +522,7 @@ GROUP_SCHEMAS = {
     "checkpoint": CheckpointConfig,
     "objective": ObjectiveConfig,
     "peft": PeftConfig,
+    "vision": VisionConfig,
 }
 
 

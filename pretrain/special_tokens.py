@@ -17,7 +17,7 @@ from pretrain.config import ConfigError, PretrainConfig
 RESERVE_HINT = (
     "prepare the data again with `python -m data_pipeline ... output.overwrite=true` and no "
     "tokenizer.model (a trained tokenizer reserves <fim_prefix> <fim_middle> <fim_suffix> "
-    "<fim_pad> <mask>: tokenizer.reserved_tokens)"
+    "<fim_pad> <mask> <image>: tokenizer.reserved_tokens)"
 )
 
 
@@ -28,13 +28,21 @@ def _processor(manifest: dict[str, Any]) -> Any:
     return spm.SentencePieceProcessor(model_file=str(path)), path
 
 
+def find_piece(processor: Any, piece: str) -> int | None:
+    """The id of `piece` in a SentencePiece processor, or None when it has no such piece."""
+    ident = processor.piece_to_id(piece)
+    if processor.id_to_piece(ident) != piece or processor.is_unknown(ident):
+        return None
+    return ident
+
+
 def piece_ids(manifest: dict[str, Any], pieces: dict[str, str]) -> dict[str, int]:
     """{config key: id} for {config key: piece}; ConfigError naming the first missing one."""
     sp, path = _processor(manifest)
     ids = {}
     for key, piece in pieces.items():
-        ident = sp.piece_to_id(piece)
-        if sp.id_to_piece(ident) != piece or sp.is_unknown(ident):
+        ident = find_piece(sp, piece)
+        if ident is None:
             raise ConfigError(
                 f"{key}={piece!r} is not a piece of the data's tokenizer {path}: either "
                 f"{RESERVE_HINT}, or set {key} to a control or user-defined piece of this "

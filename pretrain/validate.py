@@ -293,6 +293,11 @@ def _check_mlm(cfg: PretrainConfig) -> None:
         f"model.num_query_groups={m.num_query_groups}: objective=mlm (BERT) uses multi-head "
         "attention; set model.num_query_groups=null",
     )
+    _require(
+        m.position_embedding_type != "rope" or m.rotary_base == 10000,
+        f"model.rotary_base={m.rotary_base}: megatron-core's BertModel fixes the rotary base at "
+        "10000; set model.rotary_base=10000 or model.position_embedding_type=learned_absolute",
+    )
 
 
 def _check_data_split(split: str) -> None:

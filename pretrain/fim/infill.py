@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pretrain.config import ConfigError
+from pretrain.special_tokens import find_piece
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,8 @@ def sentinel_ids(processor: Any, pieces: dict[str, str], where: str) -> dict[str
     """role -> id of the FIM sentinels `pieces` (role -> piece); ConfigError if one is missing."""
     ids = {}
     for role, piece in pieces.items():
-        ident = processor.piece_to_id(piece)
-        if processor.id_to_piece(ident) != piece or processor.is_unknown(ident):
+        ident = find_piece(processor, piece)
+        if ident is None:
             raise ConfigError(
                 f"suffix: infilling needs the sentinel {piece!r} (data.fim.{role}_token) but the "
                 f"tokenizer of {where} has no such piece; it was trained without fill-in-the-"

@@ -15,7 +15,7 @@ import pytest
 from data_pipeline.config import PrepareConfig, TokenizerConfig, validate
 from data_pipeline.errors import ConfigError
 
-DEFAULT = ["<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>", "<mask>"]
+DEFAULT = ["<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>", "<mask>", "<image>"]
 
 
 def test_trained_tokenizer_reserves_the_objective_pieces(prepared_data: Path) -> None:

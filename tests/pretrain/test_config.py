@@ -13,6 +13,7 @@ from pretrain.config import (
     ConfigError,
     DataConfig,
     ModelConfig,
+    ObjectiveConfig,
     OptimConfig,
     ParallelConfig,
     PretrainConfig,
@@ -155,6 +156,14 @@ ERRORS = [
     ),
     ({"optim": OptimConfig(lr=1e-4, min_lr=1e-3)}, 1, "optim.min_lr=0.001 must be in [0, optim.lr"),
     ({"model": ModelConfig(activation="relu")}, 1, "model.activation='relu' is not one of"),
+    (
+        {
+            "objective": ObjectiveConfig(name="mlm"),
+            "model": ModelConfig(position_embedding_type="rope", rotary_base=500000),
+        },
+        1,
+        "model.rotary_base=500000: megatron-core's BertModel fixes the rotary base",
+    ),
     (
         {
             "parallel": ParallelConfig(
