@@ -15,7 +15,10 @@ from typing import Any
 
 from data_pipeline.errors import ConfigError
 
-FORMATS = ("auto", "jsonl", "parquet", "text", "hf", "chat", "prompt_completion")
+IMAGE_FORMATS = ("image_text", "webdataset", "hf_images", "synthetic_images")
+"""Formats whose records are image-caption pairs (data_pipeline.images): written as tar shards
+in the webdataset layout (docs/data_format.md, "Image-text data")."""
+FORMATS = ("auto", "jsonl", "parquet", "text", "hf", "chat", "prompt_completion", *IMAGE_FORMATS)
 INSTRUCT_FORMATS = ("chat", "prompt_completion")
 """Formats whose records are instruction examples (data_pipeline.instruct): one example per
 document plus an aligned loss mask."""
@@ -82,10 +85,22 @@ class InputConfig:
     falls below heldout_fraction), so the two splits never share a file (module)."""
     heldout_fraction: float = 0.05
     """Fraction of input files (modules) in the held-out split (input.subset), in [0, 1]."""
+    image_key: str = "image"
+    """Image-text data: field of a JSONL record (format=image_text) or column of a Hugging Face
+    dataset (format=hf_images) holding the image (a path; or PIL images / {bytes, path})."""
+    synthetic_count: int = 4000
+    """format=synthetic_images: number of generated image-caption pairs."""
+    synthetic_seed: int = 0
+    """format=synthetic_images: seed of the generated scenes (with input.subset=train|heldout,
+    which never share a colour-shape combination)."""
 
     def is_instruct(self) -> bool:
         """Whether the records are instruction examples (format chat or prompt_completion)."""
         return self.format in INSTRUCT_FORMATS
+
+    def is_images(self) -> bool:
+        """Whether the records are image-caption pairs (an image-text format)."""
+        return self.format in IMAGE_FORMATS
 
 
 @dataclass
@@ -150,6 +165,20 @@ class OutputConfig:
 
 
 @dataclass
+class ImageConfig:
+    """Image-text data (input.format=image_text|webdataset|hf_images|synthetic_images)."""
+
+    size: int = 32
+    """Side in pixels of the square RGB images written (shorter side resized to it with bicubic
+    resampling, then center-cropped); pretrain vision.image_size must equal it."""
+    samples_per_shard: int = 2000
+    """Samples per tar shard; a new shard_NNNNN.tar starts after this many."""
+    image_token: str = "<image>"
+    """The piece that marks the image position (pretrain vision.image_token); a trained
+    tokenizer must reserve it (tokenizer.reserved_tokens), a given tokenizer.model must hold it."""
+
+
+@dataclass
 class SliceConfig:
     """Which part of the shards this process builds (Slurm job arrays)."""
 
@@ -184,6 +213,8 @@ class PrepareConfig:
     """Output directory and sharding."""
     slice: SliceConfig = field(default_factory=SliceConfig)
     """The part of the shards this job builds (Slurm arrays)."""
+    images: ImageConfig = field(default_factory=ImageConfig)
+    """Image size, shard size and image token of image-text data."""
     workers: int = 1
     """Tokenizing processes. The output bytes do not depend on it."""
     batch_bytes: int = 1 << 20
@@ -198,7 +229,10 @@ class PrepareConfig:
         """The output directory, resolved; relative paths (and the default
         `checkpoints/data/<input.name>`, where `python -m pretrain` looks by default) are
         relative to the working directory, never to where the package is installed."""
-        chosen = self.output.dir or str(Path("checkpoints") / "data" / self.input.name)
+        name = self.input.name
+        if self.input.is_images() and self.input.subset == "heldout":
+            name += "_heldout"  # never the train split's dir
+        chosen = self.output.dir or str(Path("checkpoints") / "data" / name)
         return Path(chosen).expanduser().resolve()
 
     def to_dict(self) -> dict[str, Any]:
@@ -220,7 +254,9 @@ def validate(cfg: PrepareConfig) -> None:
             "selected (its include/format settings are for .py files): drop `input=stdlib_code` "
             "(input.paths alone reads your files as input=files does), or use input=hf."
         )
-    _check(bool(inp.paths), "input.paths", inp.paths, "give at least one file, glob or folder")
+    if inp.format != "synthetic_images":
+        why = "give at least one file, glob or folder"
+        _check(bool(inp.paths), "input.paths", inp.paths, why)
     _check(inp.format in FORMATS, "input.format", inp.format, f"choose one of {FORMATS}")
     _check(inp.on_error in ("skip", "fail"), "input.on_error", inp.on_error, "use skip or fail")
     _check(inp.text_unit in ("file", "line"), "input.text_unit", inp.text_unit, "use file|line")

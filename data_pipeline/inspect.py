@@ -9,12 +9,14 @@ import argparse
 import json
 import logging
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from data_pipeline.errors import OutputError
+from data_pipeline.images import inspect_dir
 from data_pipeline.manifest import load_manifest, verify_dir
 from data_pipeline.megatron_io import indexed_dataset
 from data_pipeline.tokenizer import load_processor
@@ -110,12 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.dir.resolve()
     try:
         manifest = load_manifest(out_dir)
-        problems = [] if args.no_verify else verify_dir(out_dir, manifest)
+        images = inspect_dir.is_image_text(manifest)
+        verify = inspect_dir.verify_image_dir if images else verify_dir
+        problems = [] if args.no_verify else verify(out_dir, manifest)
     except OutputError as e:
         log.error("%s", e)
         return 1
     try:
-        stats = statistics(out_dir, manifest) if not problems else {}
+        figures = inspect_dir.image_statistics if images else partial(statistics, out_dir)
+        stats = figures(manifest) if not problems else {}
     except Exception as e:  # damaged files read with --no-verify: name them, no traceback
         log.error("cannot read %s: %s; run without --no-verify to check it", out_dir, str(e))
         return 1
@@ -130,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{out_dir}\nverify: {verified}")
     for key, value in stats.items():
         print(f"{key:>15}: {value}")
-    for text in samples(out_dir, manifest, args.samples, args.chars):
+    show = inspect_dir.captions if images else samples
+    for text in show(out_dir, manifest, args.samples, args.chars):
         print(text)
     return 0
 

@@ -191,11 +191,25 @@ def run_prepare(cfg: PrepareConfig) -> Path:
     """
     started = time.perf_counter()
     validate(cfg)
+    if cfg.input.is_images():  # image-caption pairs: tar shards (data_pipeline.images)
+        return _run_images(cfg, started)
     spec = instruct.build_spec(cfg.input, cfg.tokenizer.model)  # before anything is written
     out = cfg.output_dir()
     _make_output_dir(out)
     with OutputLock(out, cfg.stage, *cfg.slice.resolved()):
         return _run_locked(cfg, out, started, spec)
+
+
+def _run_images(cfg: PrepareConfig, started: float) -> Path:
+    """The image-text job (docs/data_preparation.md, "Image-text data"), in the same locked,
+    writable output dir."""
+    from data_pipeline.images import job
+
+    inputs = job.check(cfg)  # before anything is written
+    out = cfg.output_dir()
+    _make_output_dir(out)
+    with OutputLock(out, cfg.stage, *cfg.slice.resolved()):
+        return job.run_locked(cfg, out, started, inputs)
 
 
 def _run_locked(cfg: PrepareConfig, out: Path, started: float, spec: InstructSpec | None) -> Path:

@@ -269,6 +269,9 @@ class VisionConfig:
     """A text-pretraining run's checkpoint (a run dir, whose `latest` is taken, or an
     iter_XXXXXXX dir) whose GPT weights initialise the language model when this run starts
     from step 0 (not on resume; not with checkpoint.load). null: a randomly initialised LM."""
+    blank_images: bool = False
+    """Ablation: every image is replaced by an all-zero one, so the model sees the captions
+    only (the text-only baseline of docs/multimodal.md; the sequence layout is unchanged)."""
     image_token: str = "<image>"
     """The tokenizer piece that marks the image's place in a sample (`python -m data_pipeline`
     reserves it: tokenizer.reserved_tokens); the model replaces it with the image embeddings."""
@@ -522,7 +525,6 @@ GROUP_SCHEMAS = {
     "checkpoint": CheckpointConfig,
     "objective": ObjectiveConfig,
     "peft": PeftConfig,
-    "vision": VisionConfig,
 }
 
 

@@ -4,6 +4,8 @@
 ~1.5 MB of Python standard-library code, 2 shards), built once per test session by the real
 data-preparation job
 (`data_pipeline.prepare.run_prepare`), exactly as `python -m data_pipeline` would build it.
+`image_text_data` / `image_text_heldout` are image-text dirs (docs/data_format.md, "Image-text
+data") of the embedded synthetic corpus, built the same way.
 """
 
 from __future__ import annotations
@@ -68,3 +70,64 @@ def instruct_data(prepared_data: Path, tmp_path_factory: pytest.TempPathFactory)
     from tests.sft._data import build_instruct_dir
 
     return build_instruct_dir(tmp_path_factory.mktemp("sft") / "instruct", prepared_data)
+
+
+IMAGE_TEXT_TRAIN_COUNT = 600
+IMAGE_TEXT_HELDOUT_COUNT = 64
+IMAGE_TEXT_SIZE = 32
+IMAGE_TEXT_VOCAB_SIZE = 512
+
+
+def build_image_text_data(
+    out_dir: Path,
+    subset: str = "train",
+    count: int = IMAGE_TEXT_TRAIN_COUNT,
+    tokenizer_model: Path | None = None,
+    size: int = IMAGE_TEXT_SIZE,
+) -> Path:
+    """Run the data-preparation job on the synthetic image-caption corpus into `out_dir`
+    (`input=synthetic_images`); trains a 512-piece tokenizer unless `tokenizer_model` is given."""
+    from data_pipeline.config import (
+        ImageConfig,
+        InputConfig,
+        OutputConfig,
+        PrepareConfig,
+        TokenizerConfig,
+    )
+    from data_pipeline.prepare import run_prepare
+
+    cfg = PrepareConfig(
+        input=InputConfig(
+            name="synthetic_images",
+            format="synthetic_images",
+            subset=subset,
+            synthetic_count=count,
+        ),
+        tokenizer=TokenizerConfig(
+            model=str(tokenizer_model) if tokenizer_model else None,
+            vocab_size=IMAGE_TEXT_VOCAB_SIZE,
+        ),
+        output=OutputConfig(dir=str(out_dir)),
+        images=ImageConfig(size=size),
+        progress=False,
+    )
+    return run_prepare(cfg)
+
+
+@pytest.fixture(scope="session")
+def image_text_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Image-text data dir: 600 synthetic train images of 32x32 (one shard), a 512-piece
+    tokenizer trained on their captions (reserving <image>)."""
+    return build_image_text_data(tmp_path_factory.mktemp("image_text") / "synthetic_images")
+
+
+@pytest.fixture(scope="session")
+def image_text_heldout(image_text_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The held-out subset (64 images of unseen colour-shape pairs) with image_text_data's
+    tokenizer."""
+    return build_image_text_data(
+        tmp_path_factory.mktemp("image_text") / "synthetic_images_heldout",
+        subset="heldout",
+        count=IMAGE_TEXT_HELDOUT_COUNT,
+        tokenizer_model=image_text_data / "tokenizer.model",
+    )
