@@ -196,9 +196,9 @@ class DataConfig:
     """Also check every shard's sha256 from the manifest (slow for big data). Shard sizes are
     always checked against their .idx."""
     valid_paths: list[str] | None = None
-    """objective=sft: data directories whose documents all form the validation split (e.g. a
-    held-out split prepared separately); data.split's valid share then goes unused. None =
-    data.split."""
+    """objective=sft and llava: data directories whose examples all form the validation split
+    (e.g. a held-out split prepared separately); data.split's valid share then goes unused.
+    None = data.split."""
     fim: FimConfig = field(default_factory=FimConfig)
     """Fill-in-the-middle transformation of the training documents (objective=lm only)."""
 

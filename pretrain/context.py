@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 Batch = dict[str, torch.Tensor]
 """One micro-batch: tokens, labels, loss_mask, position_ids ([micro_batch, seq_length]);
 objective=sft adds segment_ids (which example each position belongs to); objective=mlm has
-tokens, labels, loss_mask, attention_mask (`pretrain.mlm.dataset.MLM_BATCH_KEYS`)."""
+tokens, labels, loss_mask, attention_mask (`pretrain.mlm.dataset.MLM_BATCH_KEYS`); objective=llava
+adds images [micro_batch, 3, S, S] (`pretrain.vlm.dataset.LLAVA_BATCH_KEYS`)."""
 
 
 @dataclass
@@ -81,19 +82,24 @@ class TrainContext:
 
     @property
     def objective(self) -> str:
-        """The run's objective.name: lm, sft or mlm (what the step, data and sample run)."""
+        """The run's objective.name: lm, sft, mlm or llava (what the step, data and sample
+        run)."""
         return self.cfg.objective.name
 
     @property
     def batch_keys(self) -> tuple[str, ...]:
         """The tensors of one micro-batch (sft adds the examples' segment ids; mlm has an
-        attention mask instead of position ids)."""
+        attention mask instead of position ids; llava adds the images)."""
         if self.objective == "mlm":
             from pretrain.mlm.dataset import MLM_BATCH_KEYS
 
             return MLM_BATCH_KEYS
         if self.objective == "sft":
             return (*BATCH_KEYS, "segment_ids")
+        if self.objective == "llava":
+            from pretrain.vlm.dataset import LLAVA_BATCH_KEYS
+
+            return LLAVA_BATCH_KEYS
         return BATCH_KEYS
 
     @property

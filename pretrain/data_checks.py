@@ -111,15 +111,21 @@ def check_manifests(
 
     data.valid_paths, when set, are checked the same way (their manifests are not returned,
     see `read_valid_manifests`). objective=sft: every directory must be instruction data
-    (an `instruct` block) and its loss-mask files must match the token shards.
+    (an `instruct` block) and its loss-mask files must match the token shards; objective=llava:
+    image-text dirs (`pretrain.vlm.checks`), every other objective text dirs.
     """
+    from pretrain.vlm.checks import check_files as check_image_text_files
+    from pretrain.vlm.checks import check_kind
+
     if not data_cfg.paths:
         raise ConfigError("data.paths is empty; give at least one data directory")
     manifests = [read_manifest(p, i) for i, p in enumerate(data_cfg.paths)]
+    check_kind(manifests, list(data_cfg.paths), "data.paths", objective)
     first = manifests[0]["tokenizer"]
     _check_same_tokenizer(manifests, list(data_cfg.paths), "data.paths", first)
     valid = read_valid_manifests(data_cfg) or []
     valid_paths = list(data_cfg.valid_paths or [])
+    check_kind(valid, valid_paths, "data.valid_paths", objective)
     _check_same_tokenizer(valid, valid_paths, "data.valid_paths", first)
     sft = objective == "sft"
     if sft:
@@ -137,6 +143,9 @@ def check_manifests(
         for key, group in (("data.paths", manifests), ("data.valid_paths", valid)):
             for i, manifest in enumerate(group):
                 where = f"{key}[{i}]"
+                if objective == "llava":
+                    check_image_text_files(manifest, where, data_cfg.verify_checksums)
+                    continue
                 _check_files(manifest, where, data_cfg.verify_checksums)
                 if sft:
                     check_loss_masks(manifest, where, data_cfg.verify_checksums)

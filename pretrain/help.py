@@ -84,7 +84,8 @@ def pretrain_help() -> str:
     lines += [
         "",
         "Related commands: python -m pretrain.export_hf --help, python -m pretrain.import_hf "
-        "--help, python -m pretrain.generate --help, python -m pretrain.report RUN_DIR "
+        "--help, python -m pretrain.generate --help, python -m pretrain.caption --help (objective="
+        "llava), python -m pretrain.report RUN_DIR "
         "[RUN_DIR ...], python -m pretrain.sweep_report SWEEP_DIR",
     ]
     return "\n".join(lines)

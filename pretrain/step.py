@@ -17,6 +17,9 @@ over all its batches.
 
 objective=mlm runs `pretrain.mlm.loss.mlm_forward_step` (BertModel): the same per-token path
 over the masked positions, and the masked-token accuracy is reduced with the loss (`Reduced`).
+
+objective=llava runs `pretrain.vlm.loss.llava_forward_step` (LLaVAModel): sft's per-token
+path over the caption tokens; the pipeline's sequence is the combined (image + text) length.
 """
 
 from __future__ import annotations
@@ -59,9 +62,10 @@ class Reduced:
     """The loss numbers of a set of micro-batches, reduced over all ranks."""
 
     loss: float
-    """lm: mean of micro-batch means; sft/mlm: mean over the target (masked) tokens."""
+    """lm: mean of micro-batch means; sft/mlm/llava: mean over the target (masked, caption)
+    tokens."""
     target_tokens: int | None = None
-    """sft: target tokens; mlm: masked tokens; lm: None."""
+    """sft: target tokens; mlm: masked tokens; llava: caption tokens; lm: None."""
     accuracy: float | None = None
     """mlm: masked-token accuracy; None otherwise."""
 
@@ -113,6 +117,11 @@ def _step_func(ctx: TrainContext, nan: bool = False) -> Any:
         from pretrain.sft.loss import sft_forward_step
 
         return partial(sft_forward_step, kind=ctx.sft_attention, nan=nan)
+    if ctx.objective == "llava":
+        from pretrain.vlm.loss import llava_forward_step
+        from pretrain.vlm.model import image_seq_len
+
+        return partial(llava_forward_step, image_seq_len=image_seq_len(ctx.cfg.vision), nan=nan)
     return partial(forward_step, nan=nan)
 
 
@@ -123,7 +132,7 @@ def reduce_losses(ctx: TrainContext, losses: list[dict[str, torch.Tensor]]) -> R
 
         totals = reduce_mlm(losses, ctx.device, ctx.dist.dp_size)
         return Reduced(totals.loss, totals.masked_tokens, totals.accuracy)
-    if ctx.objective == "sft":
+    if ctx.objective in ("sft", "llava"):
         from pretrain.sft.loss import reduce_token_loss
 
         return Reduced(*reduce_token_loss(losses, ctx.device, ctx.dist.dp_size))
@@ -165,6 +174,10 @@ def _run_schedule(
     seq_length, micro_batch_size = ctx.cfg.train.seq_length, ctx.cfg.train.micro_batch_size
     if ctx.sft_attention == "thd":  # a micro-batch is one row of b x s tokens (pipeline shapes)
         seq_length, micro_batch_size = seq_length * micro_batch_size, 1
+    if ctx.objective == "llava":  # the language model sees the image embeddings + the text
+        from pretrain.vlm.model import combined_length
+
+        seq_length = combined_length(ctx.cfg)
     return get_forward_backward_func()(
         forward_step_func=step_func,
         data_iterator=[iter(batches) for _ in ctx.model],

@@ -43,6 +43,7 @@ from pretrain.run_lock import RunLock
 from pretrain.sample import generate
 from pretrain.sft.build import sft_attention
 from pretrain.step import StepResult, evaluate_metrics, train_step
+from pretrain.vlm import run as vlm
 
 log = logging.getLogger("pretrain")
 
@@ -51,9 +52,11 @@ class TrainingDiverged(RuntimeError):
     """Too many consecutive skipped steps (non-finite loss or gradients)."""
 
 
-def _build_chunks(cfg: PretrainConfig, vocab_size: int) -> list[torch.nn.Module]:
-    """This rank's unwrapped model chunks: BertModel for objective=mlm, GPTModel otherwise."""
+def _build_chunks(cfg: PretrainConfig, vocab_size: int, manifests: list) -> list[torch.nn.Module]:
+    """This rank's unwrapped model chunks: BertModel (mlm), LLaVAModel (llava) or GPTModel."""
     t = cfg.train
+    if cfg.objective.name == "llava":
+        return vlm.build_chunks(cfg, vocab_size, manifests)
     if cfg.objective.name == "mlm":
         from pretrain.mlm.model import build_bert_model
 
@@ -74,6 +77,8 @@ def _build_chunks(cfg: PretrainConfig, vocab_size: int) -> list[torch.nn.Module]
 def _flops_per_token(cfg: PretrainConfig, padded_vocab: int) -> float:
     from pretrain.mlm.model import mlm_flops_per_token
 
+    if cfg.objective.name == "llava":
+        return vlm.flops_per_token(cfg, padded_vocab)
     per_token = mlm_flops_per_token if cfg.objective.name == "mlm" else flops_per_token
     return per_token(cfg.model, padded_vocab, cfg.train.seq_length)
 
@@ -83,7 +88,7 @@ def _build_core(
 ) -> TrainContext:
     tokenizer = SentencePieceTokenizer(manifests[0])
     t = cfg.train
-    chunks = _build_chunks(cfg, tokenizer.vocab_size)
+    chunks = _build_chunks(cfg, tokenizer.vocab_size, manifests)
     apply_peft(chunks, cfg.peft, cfg.seed)  # LoRA: adapters added, base frozen (before DDP)
     model = wrap_model(chunks, cfg.parallel, cfg.precision)
     max_steps = t.steps_for(t.global_batch_size * t.seq_length)
@@ -118,6 +123,8 @@ def _build_data(ctx: TrainContext) -> None:
         from pretrain.sft.build import build_run_datasets
 
         datasets = build_run_datasets(cfg, ctx.data_manifests, ctx.sft_attention, sizes)
+    elif ctx.objective == "llava":
+        datasets = vlm.build_datasets(ctx, sizes)
     else:
         datasets = build_datasets(
             cfg.data, ctx.data_manifests, ctx.tokenizer, cfg.train.seq_length, cfg.seed, sizes
@@ -150,6 +157,7 @@ def setup(
         ctx.run_dir.mkdir(parents=True, exist_ok=True)
     ctx.preemption.install()
     checkpoint.load_at_start(ctx)
+    vlm.after_load(ctx)  # llava: vision.language_checkpoint on a fresh start
     _build_data(ctx)
     ctx.logger = build_logger(cfg, ctx.run_dir, ctx.state, ctx.dist.rank)
     _log_banner(ctx)
@@ -354,7 +362,8 @@ def train(ctx: TrainContext) -> int:
 
 
 def _sample(ctx: TrainContext) -> str | None:
-    """The end-of-run sample: mlm fills the prompt's masks, lm/sft continue the prompt (None:
+    """The end-of-run sample: mlm fills the prompt's masks, llava captions validation images,
+    lm/sft continue the prompt (None:
     sample.enabled=false, or max_new_tokens=0 for a continuation)."""
     sample = ctx.cfg.sample
     if not sample.enabled:
@@ -363,6 +372,8 @@ def _sample(ctx: TrainContext) -> str | None:
         from pretrain.mlm.sample import fill_masks
 
         return fill_masks(ctx, sample)
+    if ctx.objective == "llava":
+        return vlm.end_of_run_sample(ctx, sample)
     return generate(ctx, sample) if sample.max_new_tokens > 0 else None
 
 

@@ -17,6 +17,7 @@ from pretrain.data import check_manifests
 from pretrain.parallel import check_world_size, world_size_from_env
 from pretrain.peft import validate_peft
 from pretrain.special_tokens import check_objective_tokens
+from pretrain.vlm.checks import check_llava_config, check_llava_data
 
 
 def _require(ok: bool, message: str) -> None:
@@ -219,6 +220,8 @@ def _check_objective(cfg: PretrainConfig) -> None:
     """objective.* and the data keys whose meaning depends on the objective."""
     o, d = cfg.objective, cfg.data
     _check_fim(cfg)
+    if o.name == "llava":
+        return check_llava_config(cfg)  # pretrain/vlm/checks.py
     if o.name in ("lm", "mlm"):
         _require(
             o.pack,
@@ -228,7 +231,7 @@ def _check_objective(cfg: PretrainConfig) -> None:
         )
         _require(
             d.valid_paths is None,
-            f"data.valid_paths={list(d.valid_paths or [])} needs objective=sft (objective="
+            f"data.valid_paths={list(d.valid_paths or [])} needs objective=sft or llava (objective="
             f"{o.name} takes its validation split from data.split); set data.valid_paths=null",
         )
         if o.name == "mlm":
@@ -391,4 +394,6 @@ def validate(cfg: PretrainConfig, world_size: int | None = None) -> list[dict[st
     validate_peft(cfg)
     manifests = check_manifests(cfg.data, cfg.model, objective=cfg.objective.name)
     check_objective_tokens(cfg, manifests)
+    if cfg.objective.name == "llava":
+        check_llava_data(cfg, manifests)
     return manifests

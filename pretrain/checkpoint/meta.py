@@ -60,8 +60,12 @@ REQUIRED_KEYS = (
 """Paths of the meta.json keys that loading and the Hugging Face export read."""
 
 
-_PIECE_KEYS = frozenset({"prefix_token", "middle_token", "suffix_token", "pad_token", "mask_token"})
-"""Config keys that name tokenizer pieces (data.fim.*_token, objective.mask_token), not secrets."""
+_PIECE_KEYS = frozenset(
+    {"prefix_token", "middle_token", "suffix_token", "pad_token", "mask_token", "image_token"}
+    | {"drop_class_token"}
+)
+"""Config keys that name tokenizer pieces (data.fim.*_token, objective.mask_token,
+vision.image_token) or model tokens (vision.drop_class_token), not secrets."""
 
 
 def is_secret_name(name: str) -> bool:
@@ -293,22 +297,53 @@ def check_compatible(
 
 
 def model_family(objective: str) -> str:
-    """The model an objective trains: `bert` (objective=mlm) or `gpt` (lm, sft)."""
-    return "bert" if objective == "mlm" else "gpt"
+    """The model an objective trains: `bert` (objective=mlm), `llava` (objective=llava: ViT +
+    projector + GPT) or `gpt` (lm, sft)."""
+    return {"mlm": "bert", "llava": "llava"}.get(objective, "gpt")
+
+
+VISION_ARCH_KEYS = (
+    "image_size",
+    "patch_size",
+    "num_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "ffn_hidden_size",
+    "projector_ffn_hidden_size",
+    "drop_class_token",
+)
+"""vision.* keys that change the LLaVA model's tensors (or the image embeddings' count)."""
+
+
+def _vision_changes(meta: dict[str, Any], cfg: PretrainConfig) -> list[str]:
+    saved = meta.get("config", {}).get("vision", {})
+    now = dataclasses.asdict(cfg.vision)
+    return [
+        f"vision.{key}: checkpoint has {saved[key]!r}, this run has {now[key]!r}"
+        for key in VISION_ARCH_KEYS
+        if key in saved and saved[key] != now[key]
+    ]
 
 
 def _objective_change(meta: dict[str, Any], cfg: PretrainConfig) -> list[str]:
     """A BERT checkpoint (objective=mlm) never loads into a GPT run, nor the other way round
-    (different modules, and an encoder's weights are no decoder's); lm <-> sft is allowed."""
+    (different modules, and an encoder's weights are no decoder's), nor a LLaVA one into
+    either, or either into a LLaVA run; lm <-> sft is allowed; llava -> llava needs the same
+    vision.* architecture."""
     saved = meta.get("config", {}).get("objective", {}).get("name", "lm")
     now = cfg.objective.name
     if model_family(saved) == model_family(now):
-        return []
+        return _vision_changes(meta, cfg) if now == "llava" else []
+    hint = (
+        "; vision.language_checkpoint starts the language model of a llava run from a GPT one"
+        if now == "llava" and model_family(saved) == "gpt"
+        else ""
+    )
     return [
         f"objective: checkpoint was trained with objective={saved} "
         f"({model_family(saved).upper()}), this run has objective={now} "
         f"({model_family(now).upper()}); a checkpoint only loads into a run of the same model "
-        f"(set objective={saved}, or start {now} from scratch in another run.dir)"
+        f"(set objective={saved}, or start {now} from scratch in another run.dir{hint})"
     ]
 
 

@@ -100,6 +100,12 @@ def load_megatron_model(
             f"{ckpt_dir} is an objective=mlm (BERT) checkpoint: it does not generate text; "
             "export it with `python -m pretrain.export_hf` and use the fill-mask pipeline"
         )
+    if objective_of(saved) == "llava":
+        raise CheckpointError(
+            f"{ckpt_dir} is an objective=llava (image-text) checkpoint: caption images with "
+            "`python -m pretrain.caption IMAGE checkpoint=...`; `python -m pretrain.export_hf` "
+            "exports its language model"
+        )
     model_cfg = meta.model_config_from_meta(saved)
     vocab = saved["arch"]["vocab_size"]
     if not torch.distributed.is_initialized():
@@ -213,9 +219,15 @@ def export(cfg: ExportConfig) -> Path:
     if adapter_out is not None:
         check_output(adapter_out, cfg.overwrite)
     start = time.perf_counter()
-    if objective_of(meta.read_meta(ckpt_dir)) == "mlm":
+    objective = objective_of(meta.read_meta(ckpt_dir))
+    if objective == "mlm":
         return export_bert(cfg, ckpt_dir, out, adapter_out)
-    saved, model_cfg, model = load_megatron_model(ckpt_dir, merge=False)
+    if objective == "llava":  # its language model; the ViT and projector are not exported
+        from pretrain.vlm.language_init import load_llava_language_model
+
+        saved, model_cfg, model = load_llava_language_model(ckpt_dir)
+    else:
+        saved, model_cfg, model = load_megatron_model(ckpt_dir, merge=False)
     dtype = DTYPES[saved["precision"] if cfg.dtype == "auto" else cfg.dtype]
     if cfg.adapter_output and not saved.get("peft"):
         raise ConfigError(
@@ -235,6 +247,9 @@ def export(cfg: ExportConfig) -> Path:
     }
     if saved.get("peft"):
         info["peft"] = {**saved["peft"], "merged": True}
+    if objective == "llava":
+        info["objective"] = "llava"
+        info["exported"] = "language_model"
 
     def write_model(tmp: Path) -> None:
         hf_model.save_pretrained(str(tmp), safe_serialization=True)

@@ -1,0 +1,1 @@
+"""objective=llava: image-text pretraining with megatron-core's LLaVAModel (docs/multimodal.md)."""
