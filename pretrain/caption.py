@@ -135,12 +135,11 @@ def load_llava(
 
 def captions(cfg: CaptionConfig, images: list[str]) -> list[str]:
     """One caption per image (after the checks); starts a 1-process group."""
-    import sentencepiece as spm
 
     from pretrain import parallel
     from pretrain.checkpoint import layout, meta
     from pretrain.checkpoint.meta import CheckpointError
-    from pretrain.hf.export import find_tokenizer
+    from pretrain.generate import checkpoint_tokenizer
     from pretrain.vlm.images import load_image
     from pretrain.vlm.sample import caption_ids, decode_caption
 
@@ -150,14 +149,8 @@ def captions(cfg: CaptionConfig, images: list[str]) -> list[str]:
         raise CheckpointError(str(exc)) from exc
     saved = meta.read_meta(ckpt_dir)
     train_cfg = saved_config(saved, ckpt_dir)  # a non-llava checkpoint is refused here
-    tok_path = find_tokenizer(cfg.tokenizer, ckpt_dir, saved)
-    processor = spm.SentencePieceProcessor(model_file=str(tok_path))
-    vocab = saved["arch"]["vocab_size"]
-    if processor.get_piece_size() != vocab:
-        raise CheckpointError(
-            f"tokenizer={tok_path} has {processor.get_piece_size()} pieces but the checkpoint's "
-            f"vocab_size is {vocab}; give the tokenizer.model the model was trained with"
-        )
+    processor, tok_path = checkpoint_tokenizer(cfg.tokenizer, ckpt_dir, saved)
+    vocab = processor.get_piece_size()
     image_token = train_cfg.vision.image_token
     image_id = find_piece(processor, image_token)
     if image_id is None:

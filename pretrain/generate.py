@@ -129,15 +129,36 @@ def sample_config(cfg: GenerateConfig, prompt: str) -> SampleConfig:
     )
 
 
+def checkpoint_tokenizer(
+    explicit: str | None, ckpt_dir: Path, saved: dict[str, Any]
+) -> tuple[Any, Path]:
+    """(SentencePiece processor, its path) of a checkpoint: `explicit` (the tokenizer= argument),
+    else the checkpoint's or its data's tokenizer.model; CheckpointError when its size is not the
+    checkpoint's vocab_size."""
+    import sentencepiece as spm
+
+    from pretrain.checkpoint.meta import CheckpointError
+    from pretrain.hf.export import find_tokenizer
+
+    tok_path = find_tokenizer(explicit, ckpt_dir, saved)
+    processor = spm.SentencePieceProcessor(model_file=str(tok_path))
+    vocab = saved["arch"]["vocab_size"]
+    if processor.get_piece_size() != vocab:
+        raise CheckpointError(
+            f"tokenizer={tok_path} has {processor.get_piece_size()} pieces but the checkpoint's "
+            f"vocab_size is {vocab}; give the tokenizer.model the model was trained with"
+        )
+    return processor, tok_path
+
+
 def from_checkpoint(cfg: GenerateConfig, prompt: str, suffix: str | None = None) -> str:
     """Prompt + continuation by the checkpoint, loaded at TP1/PP1 (starts a 1-process group);
     with `suffix`, prompt + infilled middle + suffix."""
-    import sentencepiece as spm
 
     from pretrain import parallel
     from pretrain.checkpoint import layout
     from pretrain.checkpoint.meta import CheckpointError
-    from pretrain.hf.export import find_tokenizer, load_megatron_model
+    from pretrain.hf.export import load_megatron_model
     from pretrain.sample import continuation, encode_prompt, generate_ids
 
     try:
@@ -146,14 +167,8 @@ def from_checkpoint(cfg: GenerateConfig, prompt: str, suffix: str | None = None)
         raise CheckpointError(str(exc)) from exc
     dist = parallel.init_distributed(ParallelConfig(), seed=cfg.seed)
     saved, _, model = load_megatron_model(ckpt_dir)
-    tok_path = find_tokenizer(cfg.tokenizer, ckpt_dir, saved)
-    processor = spm.SentencePieceProcessor(model_file=str(tok_path))
-    vocab = saved["arch"]["vocab_size"]
-    if processor.get_piece_size() != vocab:
-        raise CheckpointError(
-            f"tokenizer={tok_path} has {processor.get_piece_size()} pieces but the checkpoint's "
-            f"vocab_size is {vocab}; give the tokenizer.model the model was trained with"
-        )
+    processor, tok_path = checkpoint_tokenizer(cfg.tokenizer, ckpt_dir, saved)
+    vocab = processor.get_piece_size()
     log.info("loaded %s (step %d), tokenizer %s", ckpt_dir, saved["step"], tok_path)
     context = saved["config"]["train"]["seq_length"]
     run = partial(

@@ -98,21 +98,35 @@ def _next_token(
     model: list[torch.nn.Module], ids: list[int], context: int, dist: DistInfo, pick: TokenPicker
 ) -> int:
     """One forward of `ids` through all stages; the picked token, on every rank."""
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-
     length = _padded_length(len(ids), context, dist.tp_size)
     tokens = torch.zeros(1, length, dtype=torch.long)
     tokens[0, : len(ids)] = torch.tensor(ids)
     batch = {"tokens": tokens, "position_ids": torch.arange(length).unsqueeze(0)}
+    return forward_pick(model, batch, partial(_forward, len(ids) - 1), length, dist, pick)
+
+
+def forward_pick(
+    model: list[torch.nn.Module],
+    batch: dict[str, torch.Tensor],
+    forward_step: Callable[..., Any],
+    seq_length: int,
+    dist: DistInfo,
+    pick: TokenPicker,
+) -> int:
+    """One forward-only pass of the one-sequence `batch` through all pipeline stages with
+    `forward_step` (its loss function returns {"logits": ...} of the next position); the token
+    `pick` chooses on the last stage, broadcast to every rank."""
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
     batch = {k: v.to(dist.device) for k, v in batch.items()}
     # the interleaved (virtual pipeline) schedule needs >= PP micro-batches: repeat the prompt
     micro = dist.pp_size if dist.vpp_size else 1
     out = get_forward_backward_func()(
-        forward_step_func=partial(_forward, len(ids) - 1),
+        forward_step_func=forward_step,
         data_iterator=[iter([batch] * micro) for _ in model],
         model=model,
         num_microbatches=micro,
-        seq_length=length,
+        seq_length=seq_length,
         micro_batch_size=1,
         forward_only=True,
     )

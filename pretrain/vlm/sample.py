@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from pretrain.config import SampleConfig
-from pretrain.sample import TokenPicker, continuation
+from pretrain.sample import TokenPicker, continuation, forward_pick
 
 if TYPE_CHECKING:
     from pretrain.context import TrainContext
@@ -76,11 +76,10 @@ def _next_token(
 ) -> int:
     """One forward of the image + `ids` (`ids[0]` the image token) through all stages; the
     picked token, on every rank."""
-    from megatron.core.pipeline_parallel import get_forward_backward_func
+    from pretrain.checkpoint.state import unwrap
 
     tokens = torch.zeros(1, seq_length, dtype=torch.long)
     tokens[0, : len(ids)] = torch.tensor(ids)
-    from pretrain.checkpoint.state import unwrap
 
     dtype = next(unwrap(model[0]).parameters()).dtype  # bf16/fp16 weights read such images
     batch = {
@@ -88,23 +87,9 @@ def _next_token(
         "tokens": tokens,
         "position_ids": torch.arange(seq_length).unsqueeze(0),
     }
-    batch = {k: v.to(dist.device) for k, v in batch.items()}
     combined = seq_length - 1 + image_seq_len(model)
-    micro = dist.pp_size if dist.vpp_size else 1  # interleaved PP needs >= PP micro-batches
-    out = get_forward_backward_func()(
-        forward_step_func=partial(_forward, len(ids) - 2 + image_seq_len(model), ids[0]),
-        data_iterator=[iter([batch] * micro) for _ in model],
-        model=model,
-        num_microbatches=micro,
-        seq_length=combined,
-        micro_batch_size=1,
-        forward_only=True,
-    )
-    token = torch.zeros(1, dtype=torch.long, device=dist.device)
-    if out:
-        token[0] = pick(out[0]["logits"][0])
-    torch.distributed.broadcast(token, src=dist.last_rank)
-    return int(token[0])
+    forward = partial(_forward, len(ids) - 2 + image_seq_len(model), ids[0])
+    return forward_pick(model, batch, forward, combined, dist, pick)
 
 
 def caption_ids(
