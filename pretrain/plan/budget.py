@@ -136,6 +136,8 @@ def estimate_budget(
     `manifests` are the parsed manifests of `data.paths` (`pretrain.validate.validate`'s return
     value), in order; `total_params` enables the tiny-batch check for models above 1B.
     """
+    if cfg.objective.name == "llava":
+        return _image_text_budget(cfg, manifests)
     steps, tokens = run_tokens(cfg)
     shares = blend_shares(cfg.data.weights, manifests)
     split = train_share(cfg.data.split)
@@ -147,5 +149,34 @@ def estimate_budget(
         *_batch_warnings(cfg, total_params),
         *_warmup_warning(cfg, steps),
         *_data_warnings(cfg, manifests, epochs),
+    ]
+    return BudgetEstimate(tokens=tokens, epochs=epochs, warnings=warnings)
+
+
+def _image_text_budget(cfg: PretrainConfig, manifests: list[dict[str, Any]]) -> BudgetEstimate:
+    """objective=llava: epochs counted in image-caption samples (manifest image_text), and a
+    warning that the planner's parameters, memory and FLOPs are the language model's only."""
+    steps, tokens = run_tokens(cfg)
+    counts = [float(m.get("image_text", {}).get("num_samples", 0)) for m in manifests]
+    weights = cfg.data.weights if cfg.data.weights is not None else counts
+    total = sum(float(w) for w in weights) or 1.0
+    split = 1.0 if cfg.data.valid_paths else train_share(cfg.data.split)
+    samples = steps * cfg.train.global_batch_size
+    epochs = {
+        path: samples * float(w) / total / max(1.0, count * split)
+        for path, w, count in zip(cfg.data.paths, weights, counts, strict=False)
+    }
+    warnings = [
+        "objective=llava: parameters, memory and FLOPs are the language model's; the ViT "
+        f"(vision.num_layers={cfg.vision.num_layers}, vision.hidden_size="
+        f"{cfg.vision.hidden_size}) and the projector are not counted, nor the "
+        f"{cfg.vision.num_patches()} image positions each sample adds",
+        *_batch_warnings(cfg, None),
+        *_warmup_warning(cfg, steps),
+    ]
+    warnings += [
+        f"{epochs[path]:.2f} epochs over {path}: the run repeats its image-caption pairs"
+        for path in cfg.data.paths
+        if epochs.get(path, 0.0) > 1.0
     ]
     return BudgetEstimate(tokens=tokens, epochs=epochs, warnings=warnings)
